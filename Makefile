@@ -1,0 +1,78 @@
+# IncomeOps: every task a newcomer needs, by the name they would guess.
+# The first target that runs bootstraps uv (in .tools/) and the locked environment (in .venv/).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Where the data comes from: UCI by default; a local folder with the original files if DATA_MIRROR is set.
+# The team's machines and CI keep a mirror at ../shared/data/adult: use it when it is there.
+DATA_MIRROR ?= $(wildcard ../shared/data/adult)
+ifneq ($(strip $(DATA_MIRROR)),)
+export INCOMEOPS_DATA_MIRROR := $(abspath $(DATA_MIRROR))
+endif
+
+# Libraries that phone home unless told not to (this project runs without network).
+export YDATA_PROFILING_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: help all install lab data profile test check-sync lint nbtest pytest export readme clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+all: install data profile  ## the main job: install, data, profile report
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --all-extras --python $(PYTHON)
+	$(BIN)/python -m ipykernel install --sys-prefix --name incomeops --display-name "IncomeOps (.venv)" >/dev/null
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv from uv.lock (bootstraps uv first)
+
+lab: install  ## JupyterLab on the notebooks, with the project's kernel
+	$(BIN)/jupyter lab --notebook-dir nbs $(ROOT_FLAG)
+
+data: install  ## fetch and verify the Adult files, clean, validate, snapshot
+	$(BIN)/incomeops data
+
+profile: data  ## exploration notebook + ydata-profiling report in reports/
+	$(BIN)/incomeops profile --mode $(or $(PROFILE_MODE),explorative)
+
+test: install check-sync lint nbtest pytest  ## everything CI runs
+
+check-sync: install  ## notebooks, library and README agree (nbdev-export/nbdev-clean change nothing)
+	@bash scripts/check_sync.sh
+
+lint: install  ## ruff on notebooks, library, tests and scripts
+	$(BIN)/ruff check .
+
+nbtest: install  ## run every notebook top to bottom (nbdev-test)
+	$(BIN)/nbdev-test --n-workers 2
+
+pytest: install  ## the pytest suite in tests/
+	$(BIN)/pytest
+
+export: install  ## notebooks -> incomeops/ and README.md
+	$(BIN)/nbdev-export
+	$(BIN)/nbdev-clean
+	$(BIN)/python scripts/readme.py
+
+readme: install  ## README.md from nbs/index.ipynb
+	$(BIN)/python scripts/readme.py
+
+clean:  ## remove generated data, reports and caches (keeps .venv and .tools)
+	rm -rf data reports mlflow _proc _docs .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './.tools/*' -prune -exec rm -rf {} +

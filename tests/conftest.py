@@ -1,0 +1,73 @@
+"""Shared fixtures: the data mirror, throwaway project folders and a real HTTP server on loopback."""
+import http.server
+import os
+import socket
+import threading
+import zipfile
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from incomeops.config import Settings, find_project_root
+
+REPO = find_project_root(Path(__file__).parent)
+DATA_FILES = ("adult.data", "adult.test", "adult.names")
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    "The folder with the original UCI files (INCOMEOPS_DATA_MIRROR, else ../shared/data/adult)."
+    folder = Path(os.environ.get("INCOMEOPS_DATA_MIRROR") or REPO.parent / "shared" / "data" / "adult")
+    if not all((folder / n).is_file() for n in DATA_FILES):
+        pytest.fail(f"the data mirror {folder} is missing; set INCOMEOPS_DATA_MIRROR to a folder with {DATA_FILES}")
+    return folder
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    "An empty project folder."
+    return tmp_path / "project"
+
+
+def settings_for(project: Path, **overrides) -> Settings:
+    "Settings rooted at `project`, ignoring whatever the environment says about the data source."
+    return Settings(root=project, data_dir=project / "data", reports_dir=project / "reports",
+                    **{"data_mirror": None, **overrides})
+
+
+def cache_listing(settings: Settings) -> list[str]:
+    "Every file in the raw cache, hidden partial files included."
+    return sorted(p.name for p in settings.raw_dir.iterdir()) if settings.raw_dir.exists() else []
+
+
+def make_zip(dest: Path, files: dict[str, bytes]) -> Path:
+    "A zip archive at `dest` holding `files` (name -> bytes)."
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in files.items(): zf.writestr(name, content)
+    return dest
+
+
+def free_port() -> int:
+    "A TCP port on 127.0.0.1 that nothing listens on right now."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args): pass
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    "A real HTTP server on loopback serving a temporary folder; yields (folder, base_url)."
+    folder = tmp_path / "www"
+    folder.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
