@@ -64,4 +64,10 @@ d = { 'settings': { 'branch': 'main',
                                 'incomeops.data.install_verified': ('data.html#install_verified', 'incomeops/data.py'),
                                 'incomeops.data.parse_names': ('data.html#parse_names', 'incomeops/data.py'),
                                 'incomeops.data.read_adult': ('data.html#read_adult', 'incomeops/data.py'),
-                                'incomeops.data.verify_file': ('data.html#verify_file', 'incomeops/data.py')}}}
+                                'incomeops.data.verify_file': ('data.html#verify_file', 'incomeops/data.py')},
+            'incomeops.features': { 'incomeops.features._categories': ('features.html#_categories', 'incomeops/features.py'),
+                                    'incomeops.features.cv_auc': ('features.html#cv_auc', 'incomeops/features.py'),
+                                    'incomeops.features.model_inputs': ('features.html#model_inputs', 'incomeops/features.py'),
+                                    'incomeops.features.one_hot_encoder': ('features.html#one_hot_encoder', 'incomeops/features.py'),
+                                    'incomeops.features.ordinal_encoder': ('features.html#ordinal_encoder', 'incomeops/features.py'),
+                                    'incomeops.features.target': ('features.html#target', 'incomeops/features.py')}}}
