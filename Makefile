@@ -24,12 +24,12 @@ export DO_NOT_TRACK := 1
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help all install lab data profile test check-sync lint nbtest pytest export readme clean
+.PHONY: help all install lab data profile train test check-sync lint nbtest pytest export readme clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-all: install data profile  ## the main job: install, data, profile report
+all: install data profile train  ## the main job: install, data, profile report, train and register a champion
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -50,6 +50,9 @@ data: install  ## fetch and verify the Adult files, clean, validate, snapshot
 
 profile: data  ## exploration notebook + ydata-profiling report in reports/
 	$(BIN)/incomeops profile --mode $(or $(PROFILE_MODE),explorative)
+
+train: data  ## train, evaluate, register and gate a model through the Papermill pipeline (TRAIN_ARGS="--trials 5")
+	$(BIN)/incomeops train $(TRAIN_ARGS)
 
 test: install check-sync lint nbtest pytest  ## everything CI runs
 
