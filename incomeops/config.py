@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% auto #0
@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     gate_log_loss_tolerance: float = Field(0.005, ge=0, description="Promotion gate: largest log-loss rise accepted")
     gate_slice_auc_tolerance: float = Field(0.01, ge=0, description="Promotion gate: largest AUC drop in any slice")
     gate_min_slice_rows: int = Field(500, ge=1, description="Promotion gate: slices smaller than this are not compared")
+    database_url: str | None = Field(None, description="SQLAlchemy URL of the service's database (prediction log, feedback, jobs); default: SQLite in data/")
+    api_key: SecretStr | None = Field(None, description="Key for the API's job and admin endpoints (header X-API-Key); unset: they refuse")
+    predict_api_key: SecretStr | None = Field(None, description="If set, /predict and /feedback require this key too")
+    api_url: str = Field("http://127.0.0.1:8000", description="Where clients (the Streamlit app, the simulator) find the API")
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="Largest request body the API reads")
+    log_flush_seconds: float = Field(0.25, gt=0, description="How often the prediction log writes its queue to the database")
+    monitor_interval_minutes: float = Field(0, ge=0, description="Run the monitoring check this often inside the service (0: never)")
 
     @field_validator("data_mirror", mode="before")
     @classmethod
@@ -74,13 +81,19 @@ class Settings(BaseSettings):
         "The tracking URI in force: the setting, or a SQLite file under `root/mlflow` that needs no server."
         return self.tracking_uri or f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
     @property
+    def service_database_url(self) -> str:
+        "The service database in force: the setting, or a SQLite file under `data_dir`."
+        return self.database_url or f"sqlite:///{self.data_dir / 'service.db'}"
+    @property
     def mlflow_artifact_location(self) -> str | None:
         "Where a new experiment keeps artifacts: the setting, a local folder for the default store, else the server's choice."
         if self.artifact_location: return self.artifact_location
         return None if self.tracking_uri else (self.root / "mlflow" / "artifacts").as_uri()
     def as_env(self) -> dict[str, str]:
         "These settings as `INCOMEOPS_*` environment variables, for a child process (a Papermill kernel, a server)."
-        return {f"INCOMEOPS_{k.upper()}": str(v) for k, v in self.model_dump().items() if v is not None}
+        values = {k: getattr(self, k) for k in type(self).model_fields}
+        return {f"INCOMEOPS_{k.upper()}": v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+                for k, v in values.items() if v is not None}
     @property
     def raw_dir(self) -> Path: return self.data_dir / "raw"
     @property
