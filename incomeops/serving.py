@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 import numpy as np
@@ -22,14 +25,16 @@ from pydantic_core import PydanticCustomError
 from sklearn.pipeline import Pipeline
 
 from .cleaning import EDUCATION_LEVELS, RANGES, category_dtype
-from .config import IncomeOpsError
+from .config import IncomeOpsError, Settings, get_settings
 from .features import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS, model_inputs
+from .registry import CHAMPION, decision_threshold, load_sklearn, use_registry, version_by_alias
 
 # %% auto #0
 __all__ = ['log', 'Workclass', 'Education', 'MaritalStatus', 'Occupation', 'Relationship', 'Race', 'Sex', 'NativeCountry',
            'UNKNOWN_MARK', 'MAX_BATCH', 'EXAMPLE_PERSON', 'FORM_DEFAULTS', 'FORM_TEXT', 'ONNX_OPSET', 'Person',
            'InvalidPersonError', 'validation_problems', 'parse_person', 'input_schema', 'InvalidRecordError',
-           'encode_records', 'encode_frame', 'classifier_to_onnx', 'ParityError', 'FastPredictor', 'verified_predictor']
+           'encode_records', 'encode_frame', 'classifier_to_onnx', 'ParityError', 'FastPredictor', 'verified_predictor',
+           'synthetic_people', 'ServedModel', 'load_served_model', 'ModelHolder']
 
 # %% ../nbs/09_serving.ipynb #76ccd3e0
 log = logging.getLogger(__name__)
@@ -303,6 +308,7 @@ class FastPredictor:
         if not 0 <= threshold <= 1: raise IncomeOpsError(f"the decision threshold must be between 0 and 1, not {threshold}")
         self.pipeline, self.threshold = pipeline, float(threshold)
         self.backend = "sklearn" if onnx_model is None else "onnx"
+        self.max_abs_diff: float | None = None            # set by `verify`
         if onnx_model is not None:
             self._session = _session(onnx_model)
             self._input = self._session.get_inputs()[0].name
@@ -351,7 +357,7 @@ class FastPredictor:
         "The largest |fast - pipeline| over `df`'s rows and edge cases; raises `ParityError` above `atol`."
         X = _with_edge_cases(model_inputs(df))
         diff = np.abs(self.predict_proba_frame(X) - self.pipeline.predict_proba(X)[:, 1])
-        worst = float(np.max(diff))
+        worst = self.max_abs_diff = float(np.max(diff))
         if not worst <= atol:          # also catches NaN
             raise ParityError(f"the {self.backend} predictor differs from its pipeline by up to {worst:.2g} "
                               f"on {int(np.sum(~(diff <= atol)))} of {len(X)} rows (tolerance {atol:g})")
@@ -374,3 +380,88 @@ def verified_predictor(pipeline: Pipeline, threshold: float, sample: pd.DataFram
         log.warning("%s; serving with scikit-learn", e)
         return FastPredictor.from_pipeline(pipeline, threshold, use_onnx=False)
     return fast
+
+# %% ../nbs/09_serving.ipynb #2f82ecd4
+def synthetic_people(n: int, seed: int = 0) -> pd.DataFrame:
+    "`n` random valid people as model inputs: every category (and unknown) equally likely, numbers across their ranges."
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c in NUMERIC_INPUTS:
+        lo, hi = RANGES[c.replace("_", "-")]
+        values = rng.integers(lo, hi + 1, n)
+        if c.startswith("capital"): values = np.where(rng.random(n) < 0.8, 0, values)     # mostly none, as in life
+        out[c] = values
+    for c in CATEGORICAL_INPUTS:
+        choices = [*category_dtype(c).categories, None]
+        out[c] = [choices[i] for i in rng.integers(0, len(choices), n)]
+    return pd.DataFrame(out, columns=MODEL_INPUTS)
+
+@dataclass(frozen=True)
+class ServedModel:
+    "A registered model version ready to answer: its predictor and what the service tells clients about it."
+    name: str
+    version: str
+    run_id: str | None
+    threshold: float
+    predictor: FastPredictor
+    dataset_version: str | None = None
+    family: str | None = None
+    test_metrics: dict = field(default_factory=dict)
+    parity: dict = field(default_factory=dict)            # {"rows": n checked, "max_abs_diff": worst}
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    load_seconds: float = 0.0
+
+    def describe(self) -> dict:
+        "What `GET /model` shows."
+        return {"name": self.name, "version": self.version, "alias": CHAMPION, "run_id": self.run_id,
+                "family": self.family, "dataset_version": self.dataset_version, "threshold": self.threshold,
+                "test_metrics": self.test_metrics, "backend": self.predictor.backend, "parity": self.parity,
+                "loaded_at": self.loaded_at.isoformat(), "load_seconds": round(self.load_seconds, 3),
+                "input_schema": input_schema()}
+
+def _parity_sample(dataset_version: str | None, settings: Settings) -> pd.DataFrame:
+    "Synthetic people, plus the test rows of the model's snapshot when it is on disk."
+    parts = [synthetic_people(2_000, settings.seed)]
+    snapshot = settings.processed_dir / str(dataset_version) / "adult.parquet"
+    if dataset_version and snapshot.is_file():
+        df = pd.read_parquet(snapshot)
+        parts.append(model_inputs(df[df["split"] == "test"]))
+    return pd.concat(parts, ignore_index=True)
+
+def load_served_model(version, settings: Settings | None = None) -> ServedModel:
+    "A registered model `version` (an MLflow `ModelVersion`) loaded, verified and described."
+    s, start = settings or get_settings(), time.perf_counter()
+    pipeline, threshold = load_sklearn(version), decision_threshold(version)
+    run = use_registry(s).get_run(version.run_id) if version.run_id else None
+    metrics = {k.removeprefix("test_"): v for k, v in (run.data.metrics if run else {}).items() if k.startswith("test_")}
+    dataset_version = version.tags.get("dataset_version") or (run.data.tags.get("dataset_version") if run else None)
+    sample = _parity_sample(dataset_version, s)
+    predictor = verified_predictor(pipeline, threshold, sample)
+    worst = predictor.max_abs_diff or 0.0                 # None: the pipeline itself, nothing to compare
+    return ServedModel(name=version.name, version=str(version.version), run_id=version.run_id, threshold=threshold,
+                       predictor=predictor, dataset_version=dataset_version, family=version.tags.get("family"),
+                       test_metrics=metrics, parity={"rows": len(sample), "max_abs_diff": worst},
+                       load_seconds=time.perf_counter() - start)
+
+class ModelHolder:
+    "The champion the service answers with; `reload` swaps in a new one without stopping requests."
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or get_settings()
+        self.current: ServedModel | None = None
+        self.last_error: str | None = None
+        self._reloading = threading.Lock()
+
+    def reload(self) -> bool:
+        "Load the registry's champion if it is not the one served; True if the served model changed."
+        with self._reloading:
+            version = version_by_alias(CHAMPION, self.settings)
+            if version is None: raise IncomeOpsError(f"the registry has no '{CHAMPION}' for model '{self.settings.model_name}' yet: train one first")
+            if self.current is not None and self.current.version == str(version.version): return False
+            try: served = load_served_model(version, self.settings)
+            except Exception as e:
+                self.last_error = f"loading version {version.version} failed: {type(e).__name__}: {e}"
+                raise IncomeOpsError(self.last_error) from e
+            self.current, self.last_error = served, None
+            log.info("serving %s version %s (%s backend, loaded in %.1f s)", served.name, served.version,
+                     served.predictor.backend, served.load_seconds)
+            return True
