@@ -24,12 +24,12 @@ export DO_NOT_TRACK := 1
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help all install lab data profile train test check-sync lint nbtest pytest export readme clean
+.PHONY: help all install lab data profile train serve api ui test check-sync lint nbtest pytest export readme clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-all: install data profile train  ## the main job: install, data, profile report, train and register a champion
+all: install data profile train serve  ## the main job: install, data, profile report, train and register a champion, serve it
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -53,6 +53,23 @@ profile: data  ## exploration notebook + ydata-profiling report in reports/
 
 train: data  ## train, evaluate, register and gate a model through the Papermill pipeline (TRAIN_ARGS="--trials 5")
 	$(BIN)/incomeops train $(TRAIN_ARGS)
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+UI_PORT ?= 8501
+API = $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --no-access-log
+UI = INCOMEOPS_API_URL=http://$(HOST):$(PORT) $(BIN)/streamlit run streamlit_app.py --server.address $(HOST) \
+	--server.port $(UI_PORT) --server.headless true --browser.gatherUsageStats false
+
+serve: install  ## the API (http://HOST:8000/docs) and the form (http://HOST:8501) together; Ctrl-C stops both
+	@echo "API: http://$(HOST):$(PORT)/docs   form: http://$(HOST):$(UI_PORT)   (Ctrl-C stops both)"
+	@trap 'kill 0' EXIT; $(API) & $(UI)
+
+api: install  ## only the API on http://HOST:PORT (docs at /docs); serves the registry's champion
+	$(API)
+
+ui: install  ## only the Streamlit form, talking to the API at http://HOST:PORT
+	$(UI)
 
 test: install check-sync lint nbtest pytest  ## everything CI runs
 

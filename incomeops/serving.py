@@ -7,19 +7,24 @@ Docs: https://incomeops.github.io/incomeops/serving.html.md"""
 # %% ../nbs/09_serving.ipynb #d8bf775f
 from __future__ import annotations
 
+import io
 import logging
 import math
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
+import mlflow
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from sklearn.pipeline import Pipeline
@@ -31,10 +36,10 @@ from .registry import CHAMPION, decision_threshold, load_sklearn, use_registry, 
 
 # %% auto #0
 __all__ = ['log', 'Workclass', 'Education', 'MaritalStatus', 'Occupation', 'Relationship', 'Race', 'Sex', 'NativeCountry',
-           'UNKNOWN_MARK', 'MAX_BATCH', 'EXAMPLE_PERSON', 'FORM_DEFAULTS', 'FORM_TEXT', 'ONNX_OPSET', 'Person',
-           'InvalidPersonError', 'validation_problems', 'parse_person', 'input_schema', 'InvalidRecordError',
+           'UNKNOWN_MARK', 'MAX_BATCH', 'EXAMPLE_PERSON', 'PERSON_EXAMPLES', 'FORM_DEFAULTS', 'FORM_TEXT', 'ONNX_OPSET',
+           'Person', 'InvalidPersonError', 'validation_problems', 'parse_person', 'input_schema', 'InvalidRecordError',
            'encode_records', 'encode_frame', 'classifier_to_onnx', 'ParityError', 'FastPredictor', 'verified_predictor',
-           'synthetic_people', 'ServedModel', 'load_served_model', 'ModelHolder']
+           'synthetic_people', 'ServedModel', 'evaluation_files', 'load_served_model', 'ModelHolder']
 
 # %% ../nbs/09_serving.ipynb #76ccd3e0
 log = logging.getLogger(__name__)
@@ -64,11 +69,19 @@ EXAMPLE_PERSON = {"age": 39, "workclass": "State-gov", "education": "Bachelors",
                   "race": "White", "sex": "Male", "capital_gain": 2174, "capital_loss": 0, "hours_per_week": 40,
                   "native_country": "United-States"}
 
+PERSON_EXAMPLES = [EXAMPLE_PERSON, {"age": 52, "education_num": 9, "marital_status": "Married-civ-spouse", "occupation": None,
+                                    "sex": "Female", "capital_gain": 0, "capital_loss": 0, "hours_per_week": 20}]
+
+def _education_rule(schema: dict) -> None:
+    "Add to `Person`'s JSON Schema what `_one_education` checks: education, its rank or both, and if both they agree."
+    by_name = [{"properties": {"education": {"const": e}, "education_num": {"enum": [rank, None]}}, "required": ["education"]}
+               for rank, e in enumerate(EDUCATION_LEVELS, 1)]
+    by_rank = {"properties": {"education": {"type": "null"}, "education_num": {"type": "integer"}}, "required": ["education_num"]}
+    schema.update(anyOf=[*by_name, by_rank], examples=PERSON_EXAMPLES)
+
 class Person(BaseModel):
     "One person's attributes, as the model needs them (see above for the rules)."
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        EXAMPLE_PERSON, {"age": 52, "education_num": 9, "marital_status": "Married-civ-spouse", "occupation": None,
-                         "sex": "Female", "capital_gain": 0, "capital_loss": 0, "hours_per_week": 20}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_education_rule)
 
     age: int = _whole("age", description="Age in years")
     workclass: Workclass | None = Field(None, description="Type of employer; null if unknown")
@@ -89,6 +102,10 @@ class Person(BaseModel):
                      "native_country", mode="before")
     @classmethod
     def _question_mark_is_unknown(cls, v): return None if v == UNKNOWN_MARK else v
+
+    @field_validator("age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week", mode="before")
+    @classmethod
+    def _integral_float_is_integer(cls, v): return int(v) if isinstance(v, float) and v.is_integer() else v
 
     @model_validator(mode="after")
     def _one_education(self) -> Person:
@@ -396,6 +413,10 @@ def synthetic_people(n: int, seed: int = 0) -> pd.DataFrame:
         out[c] = [choices[i] for i in rng.integers(0, len(choices), n)]
     return pd.DataFrame(out, columns=MODEL_INPUTS)
 
+def _json_records(df: pd.DataFrame) -> list[dict]:
+    "Rows of `df` as JSON-safe dicts (missing values as None, not NaN)."
+    return df.astype(object).where(df.notna(), None).to_dict("records")
+
 @dataclass(frozen=True)
 class ServedModel:
     "A registered model version ready to answer: its predictor and what the service tells clients about it."
@@ -408,8 +429,16 @@ class ServedModel:
     family: str | None = None
     test_metrics: dict = field(default_factory=dict)
     parity: dict = field(default_factory=dict)            # {"rows": n checked, "max_abs_diff": worst}
+    evaluation: dict = field(default_factory=dict, repr=False)   # file name -> bytes: model card, slices, plots
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     load_seconds: float = 0.0
+
+    def card(self) -> dict:
+        "What `GET /model/card` shows: the model card (Markdown), the slice table and the names of the plots."
+        slices = self.evaluation.get("slices.csv")
+        return {"version": self.version, "markdown": self.evaluation.get("model_card.md", b"").decode("utf-8") or None,
+                "slices": _json_records(pd.read_csv(io.BytesIO(slices))) if slices else [],
+                "plots": [n for n in self.evaluation if n.endswith(".png")]}
 
     def describe(self) -> dict:
         "What `GET /model` shows."
@@ -428,6 +457,16 @@ def _parity_sample(dataset_version: str | None, settings: Settings) -> pd.DataFr
         parts.append(model_inputs(df[df["split"] == "test"]))
     return pd.concat(parts, ignore_index=True)
 
+def evaluation_files(run_id: str | None) -> dict[str, bytes]:
+    "The training run's evaluation artifacts (model card, slice table, plots) by file name; empty if it has none."
+    if not run_id: return {}
+    with tempfile.TemporaryDirectory() as d:
+        try: folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation", dst_path=d))
+        except (MlflowException, OSError) as e:
+            log.warning("no evaluation artifacts for run %s: %s", run_id, e)
+            return {}
+        return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
+
 def load_served_model(version, settings: Settings | None = None) -> ServedModel:
     "A registered model `version` (an MLflow `ModelVersion`) loaded, verified and described."
     s, start = settings or get_settings(), time.perf_counter()
@@ -441,6 +480,7 @@ def load_served_model(version, settings: Settings | None = None) -> ServedModel:
     return ServedModel(name=version.name, version=str(version.version), run_id=version.run_id, threshold=threshold,
                        predictor=predictor, dataset_version=dataset_version, family=version.tags.get("family"),
                        test_metrics=metrics, parity={"rows": len(sample), "max_abs_diff": worst},
+                       evaluation=evaluation_files(version.run_id),
                        load_seconds=time.perf_counter() - start)
 
 class ModelHolder:

@@ -190,7 +190,7 @@ def _predictions_frame(rows: list) -> pd.DataFrame:
     df = pd.DataFrame([r[:n] for r in rows], columns=PREDICTION_COLUMNS)
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
     df = df.astype({"probability": "float64", "label": "int8"})
-    features = pd.DataFrame.from_records([r.features for r in rows], index=df.index)
+    features = pd.DataFrame([r.features for r in rows], index=df.index)       # (from_records fails on no rows)
     features = features.drop(columns=[c for c in features.columns if c in PREDICTION_COLUMNS + FEEDBACK_COLUMNS])
     feedback = pd.DataFrame({"true_label": pd.array([r.true_label for r in rows], dtype="Int8"),
                              "feedback_at": pd.to_datetime(pd.Series([r.feedback_at for r in rows], dtype=object), utc=True)},

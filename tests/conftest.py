@@ -71,3 +71,21 @@ def http_root(tmp_path):
     yield folder, f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def champion_project(tmp_path_factory, mirror):
+    "A throwaway project whose registry has a LightGBM champion (version 1, threshold 0.45); yields (settings, pipeline)."
+    from api_support import project_settings, register_model
+    settings = project_settings(tmp_path_factory.mktemp("served"), mirror)
+    _, model = register_model(settings, "lightgbm", {"n_estimators": 60}, threshold=0.45)
+    return settings, model
+
+
+@pytest.fixture(scope="session")
+def api(champion_project):
+    "The API under uvicorn on loopback, serving `champion_project`, with an admin key; stopped at the end."
+    from api_support import ADMIN_KEY, ApiServer
+    server = ApiServer(champion_project[0], env={"INCOMEOPS_API_KEY": ADMIN_KEY, "INCOMEOPS_LOG_FLUSH_SECONDS": "0.05"}).start()
+    yield server
+    server.stop()

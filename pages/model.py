@@ -1,0 +1,34 @@
+"""The model in service: metrics, model card, slices and plots, from the API."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from incomeops.client import ApiRejected, ApiUnavailable
+from pages.common import api, current_model
+
+
+def model_page() -> None:
+    st.title("The model in service")
+    model = current_model()
+    if model is None: return
+    st.markdown(f"**{model['name']}** version **{model['version']}** ({model.get('family') or 'unknown family'}), "
+                f"trained on dataset version `{model.get('dataset_version')}`; decision threshold {model['threshold']:.3f}.")
+    metrics = model.get("test_metrics") or {}
+    if metrics:
+        shown = {k: metrics[k] for k in ("roc_auc", "accuracy", "f1", "precision", "recall", "log_loss", "brier") if k in metrics}
+        cols = st.columns(len(shown))
+        for col, (k, v) in zip(cols, shown.items()): col.metric(k.replace("_", " ").upper() if len(k) <= 4 else k.replace("_", " ").capitalize(), f"{v:.4f}")
+    try: card = api().request("GET", "/model/card")
+    except (ApiUnavailable, ApiRejected): card = None
+    if card and card.get("markdown"):
+        with st.expander("Model card", expanded=True): st.markdown(card["markdown"])
+        if card.get("slices"):
+            st.subheader("Performance by group")
+            st.dataframe(pd.DataFrame(card["slices"]), hide_index=True, width="stretch")
+        for name in card.get("plots", []):
+            st.image(f"{api().url}/model/plots/{name}", caption=name.removesuffix(".png").replace("_", " "))
+    else: st.info("The model card is not available for this model.")
+
+
+model_page()

@@ -1,0 +1,12 @@
+"""IncomeOps form: will this person earn more than 50K USD a year?
+
+A front end only: every number on these pages comes from the IncomeOps API (INCOMEOPS_API_URL, default the local
+API). Run with `make ui` (or `make serve` for the API and the form together).
+"""
+import streamlit as st
+
+st.set_page_config(page_title="IncomeOps", page_icon="💼", layout="wide")
+st.navigation([st.Page("pages/predict.py", title="Predict", icon="🧮", default=True),
+               st.Page("pages/batch.py", title="Score a file", icon="📄"),
+               st.Page("pages/model.py", title="Model", icon="📊"),
+               st.Page("pages/monitoring.py", title="Monitoring", icon="📈")]).run()
