@@ -5,8 +5,8 @@ API). Run with `make ui` (or `make serve` for the API and the form together).
 """
 import streamlit as st
 
-st.set_page_config(page_title="IncomeOps", page_icon="💼", layout="wide")
-st.navigation([st.Page("pages/predict.py", title="Predict", icon="🧮", default=True),
-               st.Page("pages/batch.py", title="Score a file", icon="📄"),
-               st.Page("pages/model.py", title="Model", icon="📊"),
-               st.Page("pages/monitoring.py", title="Monitoring", icon="📈")]).run()
+st.set_page_config(page_title="IncomeOps", page_icon=":material/work:", layout="wide")
+st.navigation([st.Page("pages/predict.py", title="Predict", icon=":material/calculate:", default=True),
+               st.Page("pages/batch.py", title="Score a file", icon=":material/upload_file:"),
+               st.Page("pages/model.py", title="Model", icon=":material/insights:"),
+               st.Page("pages/monitoring.py", title="Monitoring", icon=":material/monitoring:")]).run()

@@ -7,6 +7,9 @@ import streamlit as st
 from incomeops.client import ApiRejected, ApiUnavailable
 from pages.common import api, current_model
 
+METRIC_NAMES = {"roc_auc": "ROC AUC", "accuracy": "Accuracy", "f1": "F1", "precision": "Precision", "recall": "Recall",
+                "log_loss": "Log loss", "brier": "Brier score"}
+
 
 def model_page() -> None:
     st.title("The model in service")
@@ -18,7 +21,7 @@ def model_page() -> None:
     if metrics:
         shown = {k: metrics[k] for k in ("roc_auc", "accuracy", "f1", "precision", "recall", "log_loss", "brier") if k in metrics}
         cols = st.columns(len(shown))
-        for col, (k, v) in zip(cols, shown.items()): col.metric(k.replace("_", " ").upper() if len(k) <= 4 else k.replace("_", " ").capitalize(), f"{v:.4f}")
+        for col, (k, v) in zip(cols, shown.items()): col.metric(METRIC_NAMES[k], f"{v:.4f}")
     try: card = api().request("GET", "/model/card")
     except (ApiUnavailable, ApiRejected): card = None
     if card and card.get("markdown"):

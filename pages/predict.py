@@ -31,7 +31,7 @@ def probability_chart(p: float, threshold: float) -> alt.LayerChart:
     "A bar from 0 to 1 filled to the probability, with the decision threshold marked."
     bar = alt.Chart(pd.DataFrame({"p": [p]})).mark_bar(size=28, color="#2e7d32" if p >= threshold else "#1565c0").encode(
         x=alt.X("p:Q", scale=alt.Scale(domain=[0, 1]), title="Probability of earning more than 50K", axis=alt.Axis(format="%")))
-    rule = alt.Chart(pd.DataFrame({"t": [threshold]})).mark_rule(color="black", strokeDash=[4, 3], size=2).encode(x="t:Q")
+    rule = alt.Chart(pd.DataFrame({"t": [threshold]})).mark_rule(color="#212121", strokeWidth=3).encode(x="t:Q")
     label = alt.Chart(pd.DataFrame({"t": [threshold], "text": [f"decision threshold {threshold:.0%}"]})).mark_text(
         dy=-22, align="left", dx=4).encode(x="t:Q", text="text:N")
     return (bar + rule + label).properties(height=70)
@@ -42,7 +42,7 @@ def effects_chart(why: pd.DataFrame) -> alt.Chart:
     return alt.Chart(data).mark_bar().encode(
         y=alt.Y("input:N", sort=None, title=None), x=alt.X("effect:Q", title="Change in probability", axis=alt.Axis(format="+%")),
         color=alt.Color("direction:N", scale=alt.Scale(domain=["pushed up", "pushed down"], range=["#2e7d32", "#c62828"]), title=None),
-        tooltip=["input", "value", "typical", alt.Tooltip("effect:Q", format="+.1%")]).properties(height=28 * len(data) + 30)
+        tooltip=["input", "value", "typical", alt.Tooltip("effect:Q", format="+.1%")]).properties(height=alt.Step(32))
 
 
 def show_answer(answer: dict, why: pd.DataFrame) -> None:

@@ -1,0 +1,90 @@
+"""The Streamlit pages, run headless by `streamlit.testing.v1.AppTest` against the live test API (uvicorn)."""
+import re
+
+import httpx
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from api_support import ApiServer
+from conftest import REPO
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def page(name: str, api_url: str, monkeypatch) -> AppTest:
+    monkeypatch.setenv("INCOMEOPS_API_URL", api_url)
+    return AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=60).run()
+
+
+def texts(at: AppTest) -> str:
+    return "\n".join([m.value for m in at.markdown] + [e.value for e in at.error] + [i.value for i in at.info] + [w.value for w in at.warning])
+
+
+def test_the_form_is_built_from_the_api_schema_and_shows_a_prediction_with_reasons(api, monkeypatch):
+    at = page("predict", api.url, monkeypatch)
+    assert not at.exception
+    schema = httpx.get(f"{api.url}/model").json()["input_schema"]
+    sex = at.selectbox(key="in_sex")
+    assert sex.options == schema["sex"]["categories"] + ["Unknown"] and sex.value == schema["sex"]["default"]
+    assert at.number_input(key="in_hours_per_week").max == 99 and "education_num" not in [w.key for w in at.number_input]
+    at.number_input(key="in_age").set_value(52)
+    at.selectbox(key="in_education").set_value("Doctorate")
+    at.number_input(key="in_hours_per_week").set_value(60)
+    at.selectbox(key="in_occupation").set_value("Unknown")
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    shown = texts(at)
+    person = {k: v["default"] for k, v in schema.items() if k != "education_num"}
+    person.update(age=52, education="Doctorate", hours_per_week=60, occupation=None)
+    expected = httpx.post(f"{api.url}/predict", json=person).json()
+    assert f"at **{expected['probability']:.0%}**" in shown
+    assert ("more than 50K** USD a year" in shown) == (expected["label"] == ">50K")
+    assert re.search(r"Highest education\*\* \(Doctorate instead of the typical HS-grad\) (raised|lowered)", shown)
+    assert any(f"version {expected['model_version']}" in c.value for c in at.caption)
+
+
+def test_an_unreachable_api_gets_a_friendly_message(monkeypatch):
+    at = page("predict", "http://127.0.0.1:9", monkeypatch)
+    assert not at.exception
+    assert "not available right now" in at.error[0].value and "cannot be reached" in at.error[0].value
+    for name in ("model", "monitoring"):
+        other = page(name, "http://127.0.0.1:9", monkeypatch)
+        assert not other.exception and "not available right now" in other.error[0].value
+
+
+def test_a_refused_request_names_the_reason(champion_project, monkeypatch):
+    server = ApiServer(champion_project[0], env={"INCOMEOPS_PREDICT_API_KEY": "not-shared-with-the-ui"}).start()
+    try:
+        at = page("predict", server.url, monkeypatch)
+        at.button[0].click().run()
+        assert not at.exception
+        assert "X-API-Key" in at.error[0].value
+    finally: server.stop()
+
+
+def test_batch_upload_validates_rows_scores_and_offers_the_results(api, monkeypatch, mirror):
+    at = page("batch", api.url, monkeypatch)
+    rows = (mirror / "adult.test").read_text().splitlines()[1:301]
+    rows[4] = rows[4].replace(rows[4].split(",")[0], "150", 1)                 # age 150 on file line 5
+    at.file_uploader[0].set_value(("people.csv", ("\n".join(rows) + "\n").encode(), "text/csv")).run()
+    assert not at.exception
+    problems = at.dataframe[0].value
+    assert problems[["line", "field"]].values.tolist() == [[5, "age"]]
+    assert "299 row(s) ready to score" in texts(at)
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert "Scored 299 people" in at.success[0].value
+    results = at.dataframe[1].value
+    assert len(results) == 200 and {"probability", "label", "model_version"} <= set(results.columns)
+    assert at.get("download_button")
+
+
+def test_model_and_monitoring_pages_read_the_api(api, monkeypatch):
+    model = page("model", api.url, monkeypatch)
+    assert not model.exception
+    described = httpx.get(f"{api.url}/model").json()
+    assert f"version **{described['version']}**" in texts(model)
+    monitoring = page("monitoring", api.url, monkeypatch)
+    assert not monitoring.exception
+    logged = [m.value for m in monitoring.metric]
+    assert int(logged[0].replace(",", "")) > 0
