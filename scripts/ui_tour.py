@@ -14,6 +14,14 @@ from pathlib import Path
 PAGES = (("model", "model", "The model in service"), ("batch", "batch", "Score a file"), ("monitoring", "monitoring", "Monitoring"))
 
 
+def settle(page, timeout: float = 30_000) -> None:
+    "Wait until Streamlit has finished the script run and the page has drawn what it loads (images, charts, tables)."
+    page.wait_for_load_state("networkidle", timeout=timeout)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=timeout)
+    page.locator("[data-testid='stSkeleton']").first.wait_for(state="detached", timeout=timeout)
+    page.wait_for_timeout(1000)
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -44,13 +52,13 @@ def tour(browser, ui_url: str, out: Path) -> str:
     answer.wait_for(timeout=30_000)
     page.get_by_text("Why?").wait_for()
     page.locator("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(1000)                     # let the charts finish drawing
+    settle(page)
     page.screenshot(path=out / "prediction.png", full_page=True)
     text = answer.inner_text()
     for name, path, heading in PAGES:
         page.goto(f"{ui_url}/{path}")
         page.get_by_role("heading", name=heading).wait_for(timeout=30_000)
-        page.wait_for_timeout(1500)
+        settle(page)
         page.screenshot(path=out / f"{name}.png", full_page=True)
     page.close()
     return text
