@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import uuid
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -19,10 +20,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
+from pydantic_core import to_json
 
 from app.observability import Metrics, ObservabilityMiddleware, configure_logging
 from incomeops import __version__
 from incomeops.config import IncomeOpsError, Settings, get_settings
+from incomeops.features import MODEL_INPUTS
 from incomeops.jobs import JobConflict, JobRunner, TrainingParams, summarise_predictions
 from incomeops.serving import EXAMPLE_PERSON, MAX_BATCH, ModelHolder, Person, ServedModel, validation_problems
 from incomeops.store import PredictionLog, Store
@@ -143,6 +146,12 @@ def served_model(request: Request) -> ServedModel:
         reason = request.app.state.holder.last_error or "no champion model is loaded yet"
         raise HTTPException(503, f"the service cannot predict yet: {reason}")
     return served
+
+
+def prediction_ids(n: int) -> list[str]:
+    "`n` random 128-bit ids as 32 hex digits (as uuid4().hex, from one read of the OS's random source)."
+    pool = os.urandom(16 * n).hex()
+    return [pool[32 * i:32 * i + 32] for i in range(n)]
 
 
 def parse_people(data) -> tuple[list[Person], bool]:
@@ -276,21 +285,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         people, batch = parse_people(await read_json(request, settings.max_body_bytes))
         served = served_model(request)             # taken once: a reload during this request does not affect it
         predictor = served.predictor
-        rows = [p.to_model_row() for p in people]
+        features = [p.model_dump() for p in people]
+        rows = [{c: f[c] for c in MODEL_INPUTS} for f in features]
         probas = [predictor.predict_one(rows[0])] if not batch else predictor.predict_proba_records(rows).tolist()
-        now, answers, logged = datetime.now(UTC), [], []
-        for person, p in zip(people, probas, strict=True):
-            positive = p >= served.threshold
-            pid = uuid.uuid4().hex
-            answers.append({"prediction_id": pid, "label": LABELS[positive], "probability": p, "threshold": served.threshold,
-                            "model_name": served.name, "model_version": served.version})
-            logged.append({"prediction_id": pid, "created_at": now, "model_version": served.version, "probability": p,
-                           "label": int(positive), "features": person.model_dump()})
-        request.app.state.plog.submit(logged)
-        positives = sum(a["label"] == ">50K" for a in answers)
-        if positives: metrics.predictions.labels(">50K").inc(positives)
-        if len(answers) - positives: metrics.predictions.labels("<=50K").inc(len(answers) - positives)
-        return Response(json.dumps(answers if batch else answers[0]), media_type=JSON_TYPE)
+        ids = prediction_ids(len(people))
+        now, name, version, threshold = datetime.now(UTC), served.name, served.version, served.threshold
+        positive = [p >= threshold for p in probas]
+        answers = [{"prediction_id": i, "label": LABELS[y], "probability": p, "threshold": threshold, "model_name": name,
+                    "model_version": version} for i, p, y in zip(ids, probas, positive)]
+        request.app.state.plog.submit([{"prediction_id": i, "created_at": now, "model_version": version, "probability": p,
+                                        "label": int(y), "features": f} for i, p, y, f in zip(ids, probas, positive, features)], trusted=True)
+        n_positive = sum(positive)
+        if n_positive: metrics.predictions.labels(">50K").inc(n_positive)
+        if len(answers) - n_positive: metrics.predictions.labels("<=50K").inc(len(answers) - n_positive)
+        return Response(to_json(answers if batch else answers[0]), media_type=JSON_TYPE)
 
     # ---- feedback
     feedback_schema = {"oneOf": [{"$ref": "#/components/schemas/Feedback"},

@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 from sklearn.pipeline import Pipeline
 
@@ -37,9 +37,10 @@ from .registry import CHAMPION, decision_threshold, load_sklearn, use_registry, 
 # %% auto #0
 __all__ = ['log', 'Workclass', 'Education', 'MaritalStatus', 'Occupation', 'Relationship', 'Race', 'Sex', 'NativeCountry',
            'UNKNOWN_MARK', 'MAX_BATCH', 'EXAMPLE_PERSON', 'PERSON_EXAMPLES', 'FORM_DEFAULTS', 'FORM_TEXT', 'ONNX_OPSET',
-           'Person', 'InvalidPersonError', 'validation_problems', 'parse_person', 'input_schema', 'InvalidRecordError',
-           'encode_records', 'encode_frame', 'classifier_to_onnx', 'ParityError', 'FastPredictor', 'verified_predictor',
-           'synthetic_people', 'ServedModel', 'evaluation_files', 'load_served_model', 'ModelHolder']
+           'BATCH_ROWS', 'Person', 'InvalidPersonError', 'validation_problems', 'parse_person', 'input_schema',
+           'InvalidRecordError', 'encode_records', 'encode_frame', 'classifier_to_onnx', 'ParityError', 'FastPredictor',
+           'verified_predictor', 'synthetic_people', 'ServedModel', 'evaluation_files', 'load_served_model',
+           'ModelHolder']
 
 # %% ../nbs/09_serving.ipynb #76ccd3e0
 log = logging.getLogger(__name__)
@@ -98,14 +99,12 @@ class Person(BaseModel):
     hours_per_week: int = _whole("hours_per_week", description="Usual hours worked per week")
     native_country: NativeCountry | None = Field(None, validation_alias=_aka("native_country"), description="Country of birth")
 
-    @field_validator("workclass", "education", "marital_status", "occupation", "relationship", "race", "sex",
-                     "native_country", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _question_mark_is_unknown(cls, v): return None if v == UNKNOWN_MARK else v
-
-    @field_validator("age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week", mode="before")
-    @classmethod
-    def _integral_float_is_integer(cls, v): return int(v) if isinstance(v, float) and v.is_integer() else v
+    def _normalise(cls, data):
+        "`?` means unknown, and a float with no fractional part is an integer (one pass: this runs for every person)."
+        if not isinstance(data, dict): return data
+        return {k: None if v == UNKNOWN_MARK else int(v) if type(v) is float and v.is_integer() else v for k, v in data.items()}
 
     @model_validator(mode="after")
     def _one_education(self) -> Person:
@@ -302,10 +301,12 @@ def classifier_to_onnx(classifier) -> bytes | None:
 class ParityError(IncomeOpsError):
     "The fast predictor's probabilities differ from the pipeline's beyond the tolerance."
 
-def _session(model: bytes) -> ort.InferenceSession:
-    "A single-threaded, quiet ONNX Runtime CPU session of `model`."
+BATCH_ROWS = 512        # from this many rows a request is scored with every core
+
+def _session(model: bytes, threads: int = 1) -> ort.InferenceSession:
+    "A quiet ONNX Runtime CPU session of `model` on `threads` threads (0: one per core)."
     so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 def _encodes_like_us(pipeline: Pipeline) -> bool:
@@ -328,6 +329,7 @@ class FastPredictor:
         self.max_abs_diff: float | None = None            # set by `verify`
         if onnx_model is not None:
             self._session = _session(onnx_model)
+            self._batch_session = _session(onnx_model, threads=0)           # large batches: all cores
             self._input = self._session.get_inputs()[0].name
             self._output = [self._session.get_outputs()[1].name]              # (label, probabilities)
 
@@ -341,8 +343,9 @@ class FastPredictor:
         return cls(pipeline, threshold, onnx_model)
 
     def _run(self, Z: np.ndarray) -> np.ndarray:
-        "Probability of the positive class for encoded rows `Z`."
-        return self._session.run(self._output, {self._input: Z})[0][:, 1].astype(np.float64)
+        "Probability of the positive class for encoded rows `Z` (a large batch on every core)."
+        session = self._batch_session if len(Z) >= BATCH_ROWS else self._session
+        return session.run(self._output, {self._input: Z})[0][:, 1].astype(np.float64)
 
     def predict_proba_frame(self, df: pd.DataFrame) -> np.ndarray:
         "P(income > 50K) for each row of a frame with the `MODEL_INPUTS` columns."

@@ -292,9 +292,9 @@ class Store:
     def __repr__(self): return f"Store({self.url!r})"
 
     # --- prediction log ---
-    def add_predictions(self, rows: list[dict]) -> int:
-        "Write prediction `rows` (checked first) in one transaction; the number written."
-        checked = [_prediction_row(r, i) for i, r in enumerate(rows)]
+    def add_predictions(self, rows: list[dict], checked: bool = False) -> int:
+        "Write prediction `rows` (checked first, unless `checked` says they were) in one transaction; the number written."
+        checked = rows if checked else [_prediction_row(r, i) for i, r in enumerate(rows)]
         if not checked: return 0
         try:
             with self.engine.begin() as conn: conn.execute(predictions_table.insert(), checked)
@@ -437,9 +437,9 @@ class PredictionLog:
             self._thread = threading.Thread(target=_writer_loop, args=(self,), name="incomeops-prediction-log", daemon=True)
             self._thread.start()
 
-    def submit(self, rows: list[dict]) -> None:
-        "Queue prediction `rows` for writing (checked now: a bad row raises here); does not wait for the database."
-        checked = [_prediction_row(r, i) for i, r in enumerate(rows)]
+    def submit(self, rows: list[dict], trusted: bool = False) -> None:
+        "Queue prediction `rows` for writing (checked now, unless `trusted`: a bad row raises here); does not wait for the database."
+        checked = rows if trusted else [_prediction_row(r, i) for i, r in enumerate(rows)]
         with self._cond:
             if self._closed: raise StoreError(f"the prediction log is closed: {len(checked)} prediction(s) not logged")
             self._rows.extend(checked)
@@ -507,7 +507,7 @@ def _write_batch(plog: PredictionLog, batch: list[dict]) -> bool:
     rows, repeats, delay = batch, 0, plog.retry_first
     while rows:
         try:
-            plog.store.add_predictions(rows)
+            plog.store.add_predictions(rows, checked=True)        # checked by `submit`, or trusted
             break
         except DuplicatePredictionError as e:
             error = e
