@@ -1,13 +1,31 @@
 #!/usr/bin/env bash
-# System packages the test suite needs beyond Python: Debian's Chromium for the browser test (tests/test_browser.py).
-# Used by .ci/run; developers on Debian/Ubuntu can run it once too (as root, or with sudo).
+# System packages and services the test suite needs beyond Python (Debian/Ubuntu; as root, or with sudo):
+# - Debian's Chromium, for the browser test (tests/test_browser.py);
+# - a PostgreSQL server on 127.0.0.1:5432 with a user and two databases, for the PostgreSQL integration tests
+#   (tests/test_postgres.py): the service database and an MLflow backend store, as the compose stack uses them.
+# Used by .ci/run, which then sets INCOMEOPS_TEST_POSTGRES_URL and INCOMEOPS_TEST_MLFLOW_POSTGRES_URL.
 set -euo pipefail
+SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 packages=()
 command -v chromium >/dev/null || packages+=(chromium)
+command -v pg_ctlcluster >/dev/null || packages+=(postgresql)
 if ((${#packages[@]})); then
-    SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
     echo "installing system packages: ${packages[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 chromium --version
+
+# PostgreSQL: start the cluster the package created (no systemd here), then the test user and databases.
+read -r pg_version pg_cluster _ < <(pg_lsclusters --no-header | head -1)
+$SUDO pg_ctlcluster "$pg_version" "$pg_cluster" start 2>/dev/null || true
+for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+pg_isready -h 127.0.0.1 -p 5432
+psql_as_postgres() { $SUDO su postgres -c "psql -v ON_ERROR_STOP=1 -qtAc \"$1\""; }
+[ "$(psql_as_postgres "SELECT 1 FROM pg_roles WHERE rolname = 'incomeops'")" = 1 ] || psql_as_postgres "CREATE USER incomeops"
+psql_as_postgres "ALTER USER incomeops WITH PASSWORD 'incomeops-test'"
+for db in incomeops_test incomeops_mlflow_test; do
+    [ "$(psql_as_postgres "SELECT 1 FROM pg_database WHERE datname = '$db'")" = 1 ] ||
+        psql_as_postgres "CREATE DATABASE $db OWNER incomeops"
+done
+echo "PostgreSQL $pg_version ready on 127.0.0.1:5432"

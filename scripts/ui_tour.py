@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import time
 from pathlib import Path
 
 PAGES = (("model", "model", "The model in service"), ("batch", "batch", "Score a file"), ("monitoring", "monitoring", "Monitoring"))
@@ -23,7 +24,7 @@ def settle(page, timeout: float = 30_000) -> None:
 
 
 def chromium_path() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def launch(playwright):
@@ -38,8 +39,8 @@ def fill_number(page, label: str, value: int) -> None:
     box.press("Enter")
 
 
-def tour(browser, ui_url: str, out: Path) -> str:
-    "Fill in the form, predict, visit every page; screenshots in `out`. Returns the answer's text."
+def tour(browser, ui_url: str, out: Path) -> dict:
+    "Fill in the form, predict, visit every page; screenshots in `out`. The answer's text and how long it took to appear."
     out.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 1600})
     page.goto(ui_url)
@@ -47,21 +48,23 @@ def tour(browser, ui_url: str, out: Path) -> str:
     fill_number(page, "Age", 52)
     fill_number(page, "Hours worked per week", 60)
     page.screenshot(path=out / "form.png", full_page=True)
-    page.get_by_role("button", name="Predict").click()
     answer = page.get_by_text("This person likely earns")
+    start = time.perf_counter()
+    page.get_by_role("button", name="Predict").click()
     answer.wait_for(timeout=30_000)
+    seconds = time.perf_counter() - start
     page.get_by_text("Why?").wait_for()
     page.locator("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg").first.wait_for(timeout=30_000)
     settle(page)
     page.screenshot(path=out / "prediction.png", full_page=True)
-    text = answer.inner_text()
+    result = {"answer": answer.inner_text(), "answer_seconds": seconds}
     for name, path, heading in PAGES:
         page.goto(f"{ui_url}/{path}")
         page.get_by_role("heading", name=heading).wait_for(timeout=30_000)
         settle(page)
         page.screenshot(path=out / f"{name}.png", full_page=True)
     page.close()
-    return text
+    return result
 
 
 def main() -> None:
@@ -72,7 +75,8 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         browser = launch(p)
-        print(tour(browser, args.ui, args.out))
+        result = tour(browser, args.ui, args.out)
+        print(f"{result['answer']}\n(answer on screen {result['answer_seconds'] * 1000:.0f} ms after the click)")
         browser.close()
     print(f"screenshots in {args.out}")
 

@@ -51,6 +51,6 @@ def browser():
 
 
 def test_a_person_fills_in_the_form_and_sees_the_answer(ui, browser):
-    answer = tour(browser, ui, SHOTS)
-    assert "probability of more than 50K" in answer
+    result = tour(browser, ui, SHOTS)
+    assert "probability of more than 50K" in result["answer"]
     assert {p.name for p in SHOTS.glob("*.png")} >= {"form.png", "prediction.png", "model.png", "batch.png", "monitoring.png"}

@@ -88,3 +88,21 @@ def test_model_and_monitoring_pages_read_the_api(api, monkeypatch):
     assert not monitoring.exception
     logged = [m.value for m in monitoring.metric]
     assert int(logged[0].replace(",", "")) > 0
+
+
+def test_the_services_objections_are_shown_with_the_forms_labels(api):
+    "What the form shows when the API refuses a person: each field by its label in the form, with the API's words."
+    def app(url: str):
+        import streamlit as st
+
+        from incomeops.client import ApiClient, ApiRejected
+        from pages.common import show_rejection
+        model = ApiClient(url).model()
+        try: ApiClient(url).predict({"age": 12, "education": "Masters", "capital_gain": 0, "capital_loss": 0, "hours_per_week": 120})
+        except ApiRejected as e: show_rejection(e, model["input_schema"])
+        else: st.write("accepted")
+
+    at = AppTest.from_function(app, args=(api.url,), default_timeout=60).run()
+    assert not at.exception
+    message = at.error[0].value
+    assert "**Age**: must be at least 17" in message and "**Hours worked per week**: must be at most 99" in message

@@ -1,0 +1,94 @@
+"""The code path of the compose stack, on a real PostgreSQL server: the service database (prediction log, feedback,
+jobs) and an MLflow backend store, through the same code as the SQLite defaults.
+
+`.ci/run` starts PostgreSQL (scripts/system_deps.sh) and sets the two URLs below; elsewhere these tests are skipped
+unless the URLs are set.
+"""
+import os
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from api_support import ADMIN_KEY, ApiServer, project_settings, register_model
+from incomeops.serving import EXAMPLE_PERSON, ModelHolder
+from incomeops.store import PredictionLog, Store
+
+SERVICE_URL = os.environ.get("INCOMEOPS_TEST_POSTGRES_URL")
+MLFLOW_URL = os.environ.get("INCOMEOPS_TEST_MLFLOW_POSTGRES_URL")
+pytestmark = [pytest.mark.timeout(600),
+              pytest.mark.skipif(not (SERVICE_URL and MLFLOW_URL) and not os.environ.get("CI"),
+                                 reason="no PostgreSQL: set INCOMEOPS_TEST_POSTGRES_URL and INCOMEOPS_TEST_MLFLOW_POSTGRES_URL")]
+
+
+def fresh_schema(url: str) -> None:
+    "Drop every table in the database, so that each run starts as a new deployment would."
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as conn: conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_project(tmp_path_factory, mirror):
+    assert SERVICE_URL and MLFLOW_URL, "CI must provide PostgreSQL (see .ci/run)"
+    fresh_schema(SERVICE_URL)
+    fresh_schema(MLFLOW_URL)
+    settings = project_settings(tmp_path_factory.mktemp("pg"), mirror).model_copy(
+        update={"database_url": SERVICE_URL, "tracking_uri": MLFLOW_URL,
+                "artifact_location": (tmp_path_factory.mktemp("pg-artifacts")).as_uri()})
+    _, model = register_model(settings, "lightgbm", {"n_estimators": 30}, threshold=0.5)
+    return settings, model
+
+
+def row(i: int) -> dict:
+    return {"prediction_id": uuid.uuid4().hex, "created_at": datetime.now(UTC), "model_version": "1", "probability": i / 10_000,
+            "label": i % 2, "features": {"age": 20 + i % 50, "workclass": None}}
+
+
+def test_store_on_postgresql(pg_project):
+    store = Store(SERVICE_URL)
+    try:
+        rows = [row(i) for i in range(100)]
+        assert store.add_predictions(rows) == 100
+        statuses = store.record_feedback([(rows[0]["prediction_id"], 1), ("0" * 32, 0), (rows[0]["prediction_id"], 0)])
+        assert statuses == ["recorded", "unknown", "duplicate"]
+        frame = store.predictions()
+        assert len(frame) >= 100 and str(frame["created_at"].dt.tz) == "UTC"
+        job = store.create_job("train", {"n_trials": 1})
+        assert store.running_job("train")["id"] == job["id"]
+        assert store.update_job(job["id"], status="failed", error="x")["status"] == "failed"
+    finally: store.close()
+
+
+def test_prediction_log_loses_nothing_on_postgresql(pg_project):
+    store = Store(SERVICE_URL)
+    before = store.count_predictions()
+    plog = PredictionLog(store, flush_seconds=0.05).start()
+    rows = [row(i) for i in range(4_000)]
+    threads = [threading.Thread(target=lambda k=k: [plog.submit([r]) for r in rows[k::4]]) for k in range(4)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    plog.close()
+    try: assert store.count_predictions() - before == 4_000 and plog.failures == 0
+    finally: store.close()
+
+
+def test_registry_on_postgresql_serves_through_the_api(pg_project):
+    settings, _ = pg_project
+    holder = ModelHolder(settings)
+    assert holder.reload() and holder.current.predictor.backend == "onnx"
+    server = ApiServer(settings, env={"INCOMEOPS_API_KEY": ADMIN_KEY, "INCOMEOPS_LOG_FLUSH_SECONDS": "0.05"}).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            answer = http.post("/predict", json=EXAMPLE_PERSON).json()
+            assert answer["model_version"] == "1"
+            assert http.post("/feedback", json={"prediction_id": answer["prediction_id"], "label": ">50K"}).status_code == 200
+            job = http.post("/jobs/monitor", headers={"X-API-Key": ADMIN_KEY}).json()
+            assert http.get(f"/jobs/{job['id']}", headers={"X-API-Key": ADMIN_KEY}).status_code == 200
+    finally: server.stop()
+    store = Store(SERVICE_URL)
+    try: assert answer["prediction_id"] in set(store.predictions()["prediction_id"])
+    finally: store.close()
