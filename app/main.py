@@ -281,7 +281,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          **errors, 401: {"model": ErrorBody}, 503: {"model": ErrorBody}},
               openapi_extra={"requestBody": {"required": True, "content": {JSON_TYPE: {
                   "schema": person_schema, "examples": {"one": {"value": EXAMPLE_PERSON}, "batch": {"value": [EXAMPLE_PERSON, EXAMPLE_PERSON]}}}}}})
-    async def predict(request: Request) -> Response:
+    async def predict(request: Request, log: Annotated[bool, Query(description="false: a what-if, not a real person's prediction "
+                                                                   "(not logged, so not monitored; its id accepts no feedback)")] = True) -> Response:
         people, batch = parse_people(await read_json(request, settings.max_body_bytes))
         served = served_model(request)             # taken once: a reload during this request does not affect it
         predictor = served.predictor
@@ -293,7 +294,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         positive = [p >= threshold for p in probas]
         answers = [{"prediction_id": i, "label": LABELS[y], "probability": p, "threshold": threshold, "model_name": name,
                     "model_version": version} for i, p, y in zip(ids, probas, positive)]
-        request.app.state.plog.submit([{"prediction_id": i, "created_at": now, "model_version": version, "probability": p,
+        if log: request.app.state.plog.submit([{"prediction_id": i, "created_at": now, "model_version": version, "probability": p,
                                         "label": int(y), "features": f} for i, p, y, f in zip(ids, probas, positive, features)], trusted=True)
         n_positive = sum(positive)
         if n_positive: metrics.predictions.labels(">50K").inc(n_positive)

@@ -55,6 +55,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+class HttpStatusError(RuntimeError):
+    "A response other than 200."
+    def __init__(self, status: str, head: bytes):
+        self.status = status
+        super().__init__(f"HTTP {status}: {head[:200]!r}")
+
+
 class Server:
     "A server in a child process, ready when `ready_path` answers 200; stopped with SIGTERM."
 
@@ -63,18 +73,22 @@ class Server:
         self.url, self.proc = f"http://127.0.0.1:{port}", None
 
     def __enter__(self) -> Server:
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=REPO, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         start, deadline = time.monotonic(), time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None: raise RuntimeError(f"{self.name} exited: see {self.log}")
-            try:
-                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
-                    print(f"  {self.name} ready in {time.monotonic() - start:.1f} s")
-                    return self
-            except httpx.TransportError: pass
-            time.sleep(0.25)
-        self.__exit__()
-        raise RuntimeError(f"{self.name} not ready in 180 s: see {self.log}")
+        try:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None: raise RuntimeError(f"{self.name} exited: see {self.log}")
+                try:
+                    if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                        print(f"  {self.name} ready in {time.monotonic() - start:.1f} s")
+                        return self
+                except httpx.TransportError: pass
+                time.sleep(0.25)
+            raise RuntimeError(f"{self.name} not ready in 180 s: see {self.log}")
+        except BaseException:                 # Ctrl-C included: never leave the server behind
+            self.__exit__()
+            raise
 
     def __exit__(self, *exc) -> None:
         if self.proc and self.proc.poll() is None:
@@ -93,6 +107,7 @@ def our_api(settings: Settings, log_dir: Path) -> Server:
 def mlflow_serve(settings: Settings, log_dir: Path) -> Server:
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "UVICORN_ACCESS_LOG": "false",                                      # as ours: no access log
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}       # it runs `uvicorn` by name
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{settings.model_name}@{CHAMPION}", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]
@@ -126,7 +141,7 @@ class RawHttp:
         "One request (as bytes, see `post_bytes`); the response body; raises on a status other than 200."
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
-        if head[9:12] != b"200": raise RuntimeError(f"HTTP {head[9:12].decode()}: {head[:200]!r}")
+        if head[9:12] != b"200": raise HttpStatusError(head[9:12].decode(), head)
         length = int(re.search(rb"content-length: *(\d+)", head, re.IGNORECASE).group(1))
         return await self.reader.readexactly(length)
 

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_service import RawHttp, our_api, people, post_bytes  # noqa: E402
+from bench_service import HttpStatusError, RawHttp, our_api, people, post_bytes  # noqa: E402
 
 from incomeops.config import Settings  # noqa: E402
 from incomeops.registry import CHAMPION, version_by_alias  # noqa: E402
@@ -45,11 +45,12 @@ async def hammer(url: str, requests: list[bytes], total: int, concurrency: int) 
                 body = await http.send(requests[i % len(requests)])
                 ids.append(json.loads(body)["prediction_id"])
                 outcomes["200"] = outcomes.get("200", 0) + 1
-            except Exception as e:               # count every failure by kind, reconnect, go on
-                kind = type(e).__name__
+            except Exception as e:               # count every failure by status or kind, reconnect, go on
+                kind = f"HTTP {e.status}" if isinstance(e, HttpStatusError) else type(e).__name__
                 outcomes[kind] = outcomes.get(kind, 0) + 1
                 http = None
-            latencies.append((time.perf_counter() - start) * 1000)
+                continue
+            latencies.append((time.perf_counter() - start) * 1000)          # answered requests only
         if http: await http.__aexit__()
 
     start = time.perf_counter()
@@ -88,8 +89,9 @@ def main() -> None:
     print(f"answered: {outcomes.get('200', 0):,} ok, {errors:,} errors {({k: n for k, n in outcomes.items() if k != '200'} or '')}")
     print(f"throughput: {args.requests / seconds:,.0f} requests/s over {seconds:.1f} s; latency p50 {np.percentile(ms, 50):.2f} ms, "
           f"p99 {np.percentile(ms, 99):.2f} ms, max {ms.max():.1f} ms")
-    print(f"prediction log after shutdown: {len(stored):,} rows; lost {len(set(ids) - in_log):,}; "
-          f"duplicated {len(stored) - len(in_log):,}")
+    print(f"prediction ids answered twice: {len(ids) - len(set(ids)):,}")
+    print(f"prediction log after shutdown: {len(stored):,} rows; lost (answered, not logged) {len(set(ids) - in_log):,}; "
+          f"logged but never answered {len(in_log - set(ids)):,} (prediction_id is the table's key, so no row can repeat)")
 
 
 if __name__ == "__main__":

@@ -99,8 +99,8 @@ def explain(person: dict, score: Callable[[list[dict]], list[float]]) -> tuple[f
     return p, table.reindex(table["effect"].abs().sort_values(ascending=False).index).reset_index(drop=True)
 
 def api_scorer(client: ApiClient) -> Callable[[list[dict]], list[float]]:
-    "`score` for `explain` through the API's batch endpoint."
-    return lambda rows: [a["probability"] for a in client.request("POST", "/predict", json=rows)]
+    "`score` for `explain` through the API's batch endpoint, as what-ifs (`log=false`: kept out of the prediction log and monitoring)."
+    return lambda rows: [a["probability"] for a in client.request("POST", "/predict", json=rows, params={"log": "false"})]
 
 # %% ../nbs/14_client.ipynb #b1263919
 class CsvFormatError(IncomeOpsError):

@@ -77,6 +77,13 @@ def test_batch_predictions_match_the_pipeline_in_order(http, champion_project, t
     np.testing.assert_allclose([a["probability"] for a in answers], expected, atol=1e-6)
 
 
+def test_what_ifs_are_answered_but_not_logged(http):
+    what_if = http.post("/predict", params={"log": "false"}, json=[EXAMPLE_PERSON] * 2).json()
+    assert len(what_if) == 2
+    unknown = http.post("/feedback", json={"prediction_id": what_if[0]["prediction_id"], "label": ">50K"})
+    assert unknown.status_code == 404
+
+
 def test_hyphenated_names_question_marks_and_education_number_alone(http):
     hyphenated = {k.replace("_", "-"): v for k, v in EXAMPLE_PERSON.items()}
     assert http.post("/predict", json=hyphenated).status_code == 200
