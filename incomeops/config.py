@@ -60,6 +60,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="Largest request body the API reads")
     log_flush_seconds: float = Field(0.25, gt=0, description="How often the prediction log writes its queue to the database")
     monitor_interval_minutes: float = Field(0, ge=0, description="Run the monitoring check this often inside the service (0: never)")
+    # monitoring and retraining: the defaults are justified in 11_monitoring
+    drift_window_rows: int = Field(2000, ge=100, description="Monitoring: the newest predictions compared with the training data")
+    drift_min_rows: int = Field(500, ge=50, description="Monitoring: fewer predictions than this: no drift verdict")
+    drift_psi_threshold: float = Field(0.2, gt=0, description="Monitoring: a feature whose PSI exceeds this has drifted")
+    drift_share_limit: float = Field(0.15, gt=0, le=1, description="Monitoring: drift alarm when this share of features has drifted")
+    performance_window_rows: int = Field(2000, ge=100, description="Monitoring: the newest labelled predictions scored")
+    performance_min_labelled: int = Field(1000, ge=50, description="Monitoring: fewer labelled rows than this: no performance verdict")
+    performance_auc_margin: float = Field(0.03, ge=0, description="Monitoring: alarm when live AUC is this far below the champion's test AUC")
+    performance_accuracy_margin: float = Field(0.03, ge=0, description="Monitoring: alarm when live accuracy is this far below the champion's")
+    performance_auc_floor: float = Field(0.85, ge=0, le=1, description="Monitoring: alarm when live AUC is below this, whatever the champion scored")
+    retrain_on_drift: bool = Field(True, description="Monitoring: a drift alarm starts a retraining job too (not only a performance alarm)")
+    retrain_cooldown_minutes: float = Field(60, ge=0, description="Monitoring: no retraining within this long after the last one started")
+    retrain_recent_share: float = Field(0.2, ge=0, lt=1, description="Retraining: newest share of labelled rows kept out of training to compare the models on")
+    gate_holdout_share: float = Field(0.5, gt=0, lt=1, description="Share of adult.test frozen as the gate's holdout; the rest is the replay stream")
 
     @field_validator("data_mirror", mode="before")
     @classmethod
