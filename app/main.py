@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from pydantic_core import to_json
@@ -346,9 +346,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.jobs.labels("monitor").inc()
         return Job(**job)
 
+    @app.post("/jobs/retrain", tags=["jobs"], summary="Retrain the champion now on the training data plus labelled production rows",
+              dependencies=[Depends(admin_key)], status_code=202, responses={**secured, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+    async def start_retraining(request: Request) -> Job:
+        served = served_model(request)
+        try: job = request.app.state.jobs.retrain(served, "asked for through the API")
+        except JobConflict as e: raise HTTPException(409, str(e)) from None
+        metrics.jobs.labels("retrain").inc()
+        return Job(**job)
+
     @app.get("/jobs", tags=["jobs"], summary="Recent jobs, newest first", dependencies=[Depends(admin_key)], responses=secured)
     async def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                        kind: Literal["train", "monitor"] | None = None) -> list[Job]:
+                        kind: Literal["train", "monitor", "retrain"] | None = None) -> list[Job]:
         return [Job(**j) for j in request.app.state.store.list_jobs(limit=limit, kind=kind)]
 
     @app.get("/jobs/{job_id}", tags=["jobs"], summary="One job: status, timings, outcome, executed notebook",
@@ -359,10 +368,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Job(**job)
 
     # ---- monitoring
-    @app.get("/monitoring/summary", tags=["monitoring"], summary="Prediction volume, class balance and live performance")
+    @app.get("/monitoring/summary", tags=["monitoring"],
+             summary="Prediction volume, live performance, the last check (drift, alarms), alerts and retrainings")
     async def monitoring_summary(request: Request) -> dict:
         run = lambda: summarise_predictions(request.app.state.store, request.app.state.holder.current)
         return await asyncio.get_running_loop().run_in_executor(None, run)
+
+    @app.get("/monitoring/report", tags=["monitoring"], summary="The latest drift report (HTML, Evidently)", response_class=Response,
+             responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}, 404: {"model": ErrorBody}})
+    async def monitoring_report() -> Response:
+        report = settings.reports_dir / "monitoring" / "drift.html"
+        if not report.is_file(): raise HTTPException(404, "no drift report yet: one is written by the first monitoring check with enough predictions")
+        return FileResponse(report, media_type="text/html")
 
     # ---- metrics
     @app.get("/metrics", tags=["service"], summary="Prometheus metrics", response_class=Response,

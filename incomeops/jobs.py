@@ -12,9 +12,11 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -23,14 +25,27 @@ import nbformat
 import pandas as pd
 from mlflow.entities import RunStatus
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sklearn.metrics import roc_auc_score
 
 from .config import IncomeOpsError, Settings, get_settings
 from .evaluation import classification_metrics
+from .features import model_inputs
+from incomeops.monitoring import (
+    Verdict,
+    check,
+    drift_report,
+    labelled_training_rows,
+    split_recent,
+    write_production_rows,
+)
+from .registry import load_sklearn, use_registry
 from .training import FAMILIES, use_tracking
 
 # %% auto #0
-__all__ = ['log', 'JobFailed', 'notebook_error', 'execute_notebook', 'render_html', 'TrainingParams', 'run_training',
-           'run_profile', 'JobConflict', 'live_performance', 'summarise_predictions', 'JobRunner']
+__all__ = ['log', 'QUERY_PATTERN', 'JobFailed', 'notebook_error', 'execute_notebook', 'render_html', 'TrainingParams',
+           'run_training', 'run_profile', 'JobConflict', 'live_performance', 'summarise_predictions', 'JobRunner',
+           'champion_reference', 'champion_summary', 'served_rows', 'run_monitoring', 'record_alarms',
+           'retraining_params', 'compare_on_recent', 'retrain_champion']
 
 # %% ../nbs/12_jobs.ipynb #c14852cb
 log = logging.getLogger(__name__)
@@ -87,6 +102,8 @@ def render_html(notebook: Path) -> Path:
     return out
 
 # %% ../nbs/12_jobs.ipynb #0e761bff
+QUERY_PATTERN = r"^[\w\s.<>=!&|()'\"-]*$"     # column names, numbers, quoted words, comparisons: no calls, no attributes of objects
+
 class TrainingParams(BaseModel):
     "Parameters of the training pipeline notebook (see its parameters cell)."
     model_config = ConfigDict(extra="forbid")
@@ -100,7 +117,10 @@ class TrainingParams(BaseModel):
     params_override: str = Field("{}", description="JSON object of fixed hyperparameters (skips tuning)")
     register: bool = True
     promote: bool = True
-    extra_train_path: str = Field("", description="Parquet of extra labelled clean rows to train on")
+    extra_train_path: str = Field("", description="Parquet of extra labelled rows to train on (needs evidence='holdout')")
+    train_query: str = Field("", max_length=200, pattern=QUERY_PATTERN, description="pandas query selecting training rows, e.g. 'age <= 35'")
+    eval_query: str = Field("", max_length=200, pattern=QUERY_PATTERN, description="pandas query selecting the held-out rows evaluated on")
+    evidence: Literal["test", "holdout"] = Field("test", description="Held-out rows: all of adult.test, or its frozen gate half")
 
     @field_validator("candidates")
     @classmethod
@@ -171,9 +191,26 @@ def live_performance(store, served) -> dict:
         out["metrics"] = classification_metrics(y, labelled["probability"].to_numpy(), served.threshold)
     return out
 
+def _last_check(store) -> dict | None:
+    "The outcome of the newest monitoring job that finished, with when it ran."
+    done = [j for j in store.list_jobs(limit=20, kind="monitor") if j["status"] == "succeeded"]
+    return {**done[0]["outcome"], "checked_at": done[0]["finished_at"].isoformat()} if done else None
+
+def _retraining_history(store, limit: int = 20) -> list[dict]:
+    "Retraining jobs, newest first: when, why, status, and what came of them."
+    out = []
+    for j in store.list_jobs(limit=limit, kind="retrain"):
+        o = j["outcome"] or {}
+        out.append({"job_id": j["id"], "started": j["created_at"].isoformat(), "status": j["status"], "reason": j["params"].get("reason"),
+                    "champion_version": j["params"].get("champion_version"), "new_version": o.get("model_version"),
+                    "decision": o.get("decision"), "production_rows": o.get("production_rows"), "error": j["error"]})
+    return out
+
 def summarise_predictions(store, served, hours: int = 24) -> dict:
-    "`live_performance` plus the last `hours` of predictions per hour and predicted label (for the monitoring page)."
+    "For the monitoring page: `live_performance`, the last `hours` of predictions per hour and label, the last check, alerts, retrainings."
     out = live_performance(store, served)
+    out["last_check"], out["retraining"] = _last_check(store), _retraining_history(store)
+    out["alerts"] = [{**a, "created_at": a["created_at"].isoformat()} for a in store.list_alerts(limit=50)]
     recent = store.predictions(since=datetime.now(UTC) - timedelta(hours=hours))
     if len(recent):
         hour = pd.to_datetime(recent["created_at"], utc=True).dt.floor("h")
@@ -218,6 +255,8 @@ class JobRunner:
     def train(self, params: TrainingParams | None = None) -> dict:
         "Start the training notebook; after a promotion, call `on_promotion`."
         params = params or TrainingParams()
+        if active := self.store.running_job("retrain"):
+            raise JobConflict(f"a retraining job is {active['status']} (job {active['id']}); try again when it has finished")
         def work() -> dict:
             summary = run_training(params, self.settings)
             promoted = summary.get("decision") == "promoted"
@@ -227,5 +266,123 @@ class JobRunner:
         return self.submit("train", params.model_dump(), work)
 
     def monitor(self, holder=None) -> dict:
-        "Start the monitoring check on the prediction log (see `live_performance`)."
-        return self.submit("monitor", {}, lambda: live_performance(self.store, holder.current if holder else None))
+        "Start a monitoring check of the served champion: alerts for its alarms, and a retraining if they ask for one."
+        def work() -> dict:
+            served = holder.current if holder else None
+            if served is None: raise IncomeOpsError("no champion is being served, so there is nothing to monitor")
+            verdict, report = run_monitoring(self.store, served, self.settings)
+            alerts = record_alarms(self.store, verdict, served.version, self.settings.retrain_cooldown_minutes)
+            return {**verdict.as_dict(), "report": str(report) if report else None, "alerts": [a["id"] for a in alerts],
+                    "retraining": self.maybe_retrain(verdict, served)}
+        return self.submit("monitor", {}, work)
+
+    def maybe_retrain(self, verdict: Verdict, served) -> dict | None:
+        "Start a retraining if `verdict` asks for one and no rule holds it back; what happened (None: not asked)."
+        if not verdict.retrain: return None
+        s = self.settings
+        if active := self.store.running_job("retrain") or self.store.running_job("train"):
+            return {"started": False, "why": f"a {active['kind']} job is already {active['status']} (job {active['id']})"}
+        last = self.store.list_jobs(limit=1, kind="retrain")
+        if last and last[0]["created_at"] > datetime.now(UTC) - timedelta(minutes=s.retrain_cooldown_minutes):
+            return {"started": False, "why": f"cooldown: the last retraining started at {last[0]['created_at']:%Y-%m-%d %H:%M} UTC "
+                                             f"(retrain_cooldown_minutes={s.retrain_cooldown_minutes:g})"}
+        if (n := len(self.store.predictions(labelled_only=True))) < s.drift_min_rows:
+            return {"started": False, "why": f"only {n} labelled predictions to learn from; waiting for {s.drift_min_rows}"}
+        reason = "; ".join(a.message for a in verdict.alarms if a.retrain)
+        try: job = self.retrain(served, reason)
+        except JobConflict as e: return {"started": False, "why": str(e)}
+        return {"started": True, "job_id": job["id"]}
+
+    def retrain(self, served, reason: str = "asked for") -> dict:
+        "Start retraining `served`'s configuration on the training data plus the labelled production rows; a failure raises an alert."
+        def work() -> dict:
+            try: return retrain_champion(self.store, served, self.settings, self.on_promotion)
+            except Exception as e:
+                detail = str(e) if isinstance(e, IncomeOpsError) else f"{type(e).__name__}: {e}"
+                self.store.add_alert("retrain_failed", f"retraining failed and version {served.version} keeps serving: {detail}",
+                                     {"model_version": served.version})
+                raise
+        if active := self.store.running_job("train"):
+            raise JobConflict(f"a training job is {active['status']} (job {active['id']}); try again when it has finished")
+        return self.submit("retrain", {"reason": reason, "champion_version": served.version}, work)
+
+# %% ../nbs/12_jobs.ipynb #14552a6b
+@lru_cache(maxsize=8)
+def _run_reference(tracking_uri: str, run_id: str) -> tuple[dict, pd.DataFrame, dict]:
+    "The `monitoring/` artifacts of a training run: reference profile, reference sample, model configuration."
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="monitoring", dst_path=tmp, tracking_uri=tracking_uri))
+        return (json.loads((folder / "reference_profile.json").read_text()), pd.read_parquet(folder / "reference_sample.parquet"),
+                json.loads((folder / "model_config.json").read_text()))
+
+def champion_reference(served, settings: Settings | None = None) -> tuple[dict, pd.DataFrame, dict]:
+    "The served model's reference profile, reference sample and training configuration, from its MLflow run."
+    s = settings or get_settings()
+    try: return _run_reference(s.mlflow_tracking_uri, served.run_id)
+    except Exception as e:
+        raise IncomeOpsError(f"model version {served.version} has no monitoring reference stored with its run "
+                             f"(models trained before monitoring existed lack it: retrain): {type(e).__name__}") from e
+
+def champion_summary(served) -> dict:
+    "What the monitoring rules compare with: the served version, its threshold and its held-out figures."
+    return {"version": served.version, "threshold": served.threshold,
+            "test": {k: served.test_metrics[k] for k in ("roc_auc", "accuracy", "log_loss") if k in served.test_metrics}}
+
+def served_rows(store, version: str, limit: int, labelled_only: bool = False) -> pd.DataFrame:
+    "Of the newest `limit` predictions (labelled ones only, if asked), those that model `version` made; oldest first."
+    rows = store.predictions(limit=limit, labelled_only=labelled_only)
+    return rows[rows["model_version"] == version]
+
+def _report_is_stale(path: Path, minutes: float = 10) -> bool:
+    return not path.exists() or datetime.now(UTC).timestamp() - path.stat().st_mtime > minutes * 60
+
+def run_monitoring(store, served, settings: Settings | None = None) -> tuple[Verdict, Path | None]:
+    "The verdict on the served model's recent predictions, and the drift report written for it (if any)."
+    s = settings or get_settings()
+    profile, sample, _ = champion_reference(served, s)
+    recent = served_rows(store, served.version, s.drift_window_rows)
+    labelled = served_rows(store, served.version, s.performance_window_rows, labelled_only=True)
+    verdict = check(recent, labelled, profile, champion_summary(served), s)
+    report = s.reports_dir / "monitoring" / "drift.html"
+    if verdict.drift is None or not (verdict.alarms or _report_is_stale(report)): return verdict, None
+    return verdict, drift_report(sample, recent, report)
+
+def record_alarms(store, verdict: Verdict, version: str, cooldown_minutes: float) -> list[dict]:
+    "Store the verdict's alarms as alerts, except kinds already raised within the cooldown; the stored ones."
+    since = datetime.now(UTC) - timedelta(minutes=cooldown_minutes)
+    raised = {a["kind"] for a in store.list_alerts(limit=200) if a["created_at"] >= since}
+    return [store.add_alert(a.kind, a.message, {"model_version": version, "retrain": a.retrain})
+            for a in verdict.alarms if a.kind not in raised]
+
+# %% ../nbs/12_jobs.ipynb #d3cff911
+def retraining_params(config: dict, extra_train_path: Path, settings: Settings) -> TrainingParams:
+    "The champion's configuration, trained again with the production rows added and judged on the frozen holdout."
+    return TrainingParams(candidates=config["family"], model_family=config["family"], n_trials=0,
+                          params_override=json.dumps(config.get("params") or {}), seed=settings.seed,
+                          train_query=config.get("train_query", ""), eval_query="", evidence="holdout",
+                          extra_train_path=str(extra_train_path))
+
+def compare_on_recent(recent: pd.DataFrame, versions: dict[str, str], settings: Settings) -> dict | None:
+    "ROC AUC of each registered model version (name -> version) on the `recent` labelled rows; None if too few."
+    if len(recent) < 50 or recent["true_label"].nunique() < 2: return None
+    client, X, y = use_registry(settings), model_inputs(recent), recent["true_label"].astype(int).to_numpy()
+    scores = {f"{name}_roc_auc": float(roc_auc_score(y, load_sklearn(client.get_model_version(settings.model_name, v)).predict_proba(X)[:, 1]))
+              for name, v in versions.items()}
+    return {"rows": len(recent), **scores}
+
+def retrain_champion(store, served, settings: Settings, on_promotion: Callable[[], object] | None = None) -> dict:
+    "Retrain the served model on the training data plus labelled production rows; promote through the gate; the outcome."
+    _, _, config = champion_reference(served, settings)
+    older, recent = split_recent(store.predictions(labelled_only=True), settings.retrain_recent_share)
+    if older.empty: raise IncomeOpsError("there are no labelled predictions to retrain on")
+    path, data_version = write_production_rows(labelled_training_rows(older), settings.data_dir / "production")
+    summary = run_training(retraining_params(config, path, settings), settings)
+    promoted = summary.get("decision") == "promoted"
+    new = summary.get("model_version")
+    if promoted:
+        store.add_alert("promotion", f"retrained version {new} replaced version {served.version}", {"model_version": str(new)})
+        if on_promotion: on_promotion()
+    keep = ("run_id", "model_version", "decision", "reasons", "test", "notebook_html")
+    return {**{k: summary.get(k) for k in keep}, "promoted": promoted, "champion_version": served.version,
+            "production_rows": len(older), "production_data_version": data_version,
+            "recent_window": compare_on_recent(recent, {"champion": served.version, "challenger": str(new)}, settings) if new else None}
