@@ -24,7 +24,7 @@ export DO_NOT_TRACK := 1
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help all install lab data profile train serve api ui test check-sync lint nbtest pytest export readme clean
+.PHONY: help all install lab data profile train train-smoke serve api ui test check-sync lint nbtest pytest export readme docs clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ profile: data  ## exploration notebook + ydata-profiling report in reports/
 train: data  ## train, evaluate, register and gate a model through the Papermill pipeline (TRAIN_ARGS="--trials 5")
 	$(BIN)/incomeops train $(TRAIN_ARGS)
 
+train-smoke: data  ## a quick run of the training notebook (no tuning), as CI runs it; executed notebook in reports/runs/
+	$(BIN)/incomeops train --candidates logreg,hgb --trials 0 --folds 2
+
 HOST ?= 127.0.0.1
 PORT ?= 8000
 UI_PORT ?= 8501
@@ -76,8 +79,12 @@ test: install check-sync lint nbtest pytest  ## everything CI runs
 check-sync: install  ## notebooks, library and README agree (nbdev-export/nbdev-clean change nothing)
 	@bash scripts/check_sync.sh
 
-lint: install  ## ruff on notebooks, library, tests and scripts
+lint: install  ## ruff; hadolint on the Dockerfile; compose.yaml, workflows and dependabot.yml against their schemas
 	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/check-jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml
 
 nbtest: install  ## run every notebook top to bottom (nbdev-test)
 	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2 --skip-folder-re '^([_.]|pipelines$$)'
@@ -93,6 +100,9 @@ export: install  ## notebooks -> incomeops/ and README.md
 readme: install  ## README.md from nbs/index.ipynb
 	$(BIN)/python scripts/readme.py
 
+docs: data  ## the docs site in _docs/: notebooks executed, API reference, reports, architecture; fails on broken links
+	OMP_NUM_THREADS=1 $(BIN)/python scripts/build_docs.py --check-links $(DOCS_ARGS)
+
 clean:  ## remove generated data, reports and caches (keeps .venv and .tools)
-	rm -rf data reports mlflow _proc _docs .pytest_cache .ruff_cache
+	rm -rf data reports mlflow _proc _docs .docs-cache .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './.tools/*' -prune -exec rm -rf {} +
