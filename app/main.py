@@ -130,6 +130,12 @@ async def read_json(request: Request, limit: int):
     except (UnicodeDecodeError, json.JSONDecodeError) as e: raise HTTPException(400, f"the request body is not valid JSON ({e})") from None
 
 
+def invalid_request(problems: list[dict], shown: int = 10) -> str:
+    "One sentence naming the first `shown` problems (all of them are in the answer's `errors`)."
+    named = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:shown])
+    return f"invalid request: {named}" + (f"; and {len(problems) - shown:,} more (see errors)" if len(problems) > shown else "")
+
+
 def _list_problems(errors: list[dict], what: str) -> list[dict]:
     "Problems of a list body, with friendlier words for its length."
     out = []
@@ -212,12 +218,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestInvalid)
     async def _invalid(request: Request, exc: RequestInvalid):
-        return problem_response(exc.status, "invalid request: " + "; ".join(f"{p['field']}: {p['problem']}" for p in exc.problems), exc.problems)
+        return problem_response(exc.status, invalid_request(exc.problems), exc.problems)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         problems = validation_problems(list(exc.errors()))
-        return problem_response(422, "invalid request: " + "; ".join(f"{p['field']}: {p['problem']}" for p in problems), problems)
+        return problem_response(422, invalid_request(problems), problems)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
@@ -413,10 +419,12 @@ def reload_model(app: FastAPI) -> bool:
 
 
 async def monitor_schedule(app: FastAPI) -> None:
-    "Start a monitoring job every `monitor_interval_minutes` (skipped while one runs)."
+    """Every `monitor_interval_minutes`: serve the registry's champion if another process promoted one (replicas behind one
+    registry converge this way), then start a monitoring job (skipped while one runs)."""
     interval = app.state.settings.monitor_interval_minutes * 60
     while True:
         await asyncio.sleep(interval)
+        await asyncio.get_running_loop().run_in_executor(None, reload_model, app)
         try: app.state.jobs.monitor(app.state.holder)
         except JobConflict: log.info("scheduled monitoring skipped: one is already running")
         except Exception: log.exception("scheduled monitoring could not start")

@@ -383,6 +383,8 @@ def retrain_champion(store, served, settings: Settings, on_promotion: Callable[[
         store.add_alert("promotion", f"retrained version {new} replaced version {served.version}", {"model_version": str(new)})
         if on_promotion: on_promotion()
     keep = ("run_id", "model_version", "decision", "reasons", "test", "notebook_html")
+    tags = use_registry(settings).get_model_version(settings.model_name, str(new)).tags if new else {}
     return {**{k: summary.get(k) for k in keep}, "promoted": promoted, "champion_version": served.version,
+            "gate": {k.removeprefix("gate."): v for k, v in tags.items() if k.startswith("gate.") and k != "gate.reasons"},
             "production_rows": len(older), "production_data_version": data_version,
             "recent_window": compare_on_recent(recent, {"champion": served.version, "challenger": str(new)}, settings) if new else None}
