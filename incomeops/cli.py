@@ -30,6 +30,7 @@ app = typer.Typer(help="IncomeOps: predict whether income exceeds 50K USD, from 
 def _setup_logging() -> None:
     "One readable line per log record on stderr."
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)        # not one line per HTTP request of the client
 
 def user_errors(fn: Callable) -> Callable:
     "Run `fn`; print an `IncomeOpsError` as `error: ...` on stderr and exit with status 1."
@@ -96,7 +97,7 @@ def train(data_version: str = typer.Option("latest", help="dataset version (a sn
     typer.echo(f"executed notebook: {summary['notebook_html']}\nreports: {summary['reports']}")
     typer.echo(json.dumps({k: summary[k] for k in ("run_id", "model_version", "decision")}))
 
-# %% ../nbs/13_cli.ipynb #72d35ffb
+# %% ../nbs/13_cli.ipynb #68e731a8
 def _verdict_lines(o: dict) -> list[str]:
     "A monitoring job's outcome in a few lines of words."
     lines = [f"model version {o['champion'].get('version')}: {o['window_rows']:,} recent predictions, {o['labelled_rows']:,} labelled"]

@@ -75,9 +75,9 @@ class Settings(BaseSettings):
     retrain_recent_share: float = Field(0.2, ge=0, lt=1, description="Retraining: newest share of labelled rows kept out of training to compare the models on")
     gate_holdout_share: float = Field(0.5, gt=0, lt=1, description="Share of adult.test frozen as the gate's holdout; the rest is the replay stream")
 
-    @field_validator("data_mirror", mode="before")
+    @field_validator("data_mirror", "api_key", "predict_api_key", mode="before")
     @classmethod
-    def _empty_is_unset(cls, v): return None if v == "" else v
+    def _empty_is_unset(cls, v): return None if v == "" else v      # an empty key is no key (it must not open the door)
 
     @field_validator("root")
     @classmethod

@@ -1,4 +1,4 @@
-"""Monitoring: prediction volume, class balance, live performance, drift and retraining."""
+"""Monitoring: prediction volume, live performance, the last check (drift, alarms), alerts and retrainings."""
 from __future__ import annotations
 
 import altair as alt
@@ -7,6 +7,54 @@ import streamlit as st
 
 from incomeops.client import ApiRejected, ApiUnavailable
 from pages.common import api
+
+ALARM_WORDS = {"drift": "The people asked about no longer look like the training data",
+               "performance": "The model is less accurate than when it was trained",
+               "data_quality": "Some inputs look broken (missing or stuck on one value)",
+               "retrain_failed": "A retraining failed; the model in service did not change",
+               "promotion": "A retrained model replaced the one in service"}
+
+
+def show_volume(summary: dict) -> None:
+    cols = st.columns(3)
+    cols[0].metric("Predictions logged", f"{summary.get('predictions', 0):,}")
+    cols[1].metric("With a true label", f"{summary.get('labelled', 0):,}")
+    cols[2].metric("Model version", summary.get("model_version") or "-")
+    volume = pd.DataFrame(summary.get("volume", []))
+    if not volume.empty:
+        st.subheader("Recent predictions")
+        st.altair_chart(alt.Chart(volume).mark_bar().encode(x=alt.X("hour:T", title=None), y=alt.Y("count:Q", title="predictions"),
+                                                            color=alt.Color("label:N", title="predicted")), width="stretch")
+
+
+def show_check(check: dict) -> None:
+    st.subheader("Last check")
+    st.caption(f"Checked at {check['checked_at'][:19].replace('T', ' ')} UTC on {check['window_rows']:,} recent predictions "
+               f"of version {check['champion'].get('version')}, {check['labelled_rows']:,} of them with a true label.")
+    for alarm in check.get("alarms", []):
+        st.error(f"**{ALARM_WORDS.get(alarm['kind'], alarm['kind'])}.** {alarm['message']}")
+    if not check.get("alarms"): st.success("No alarm: the inputs look like the training data and the answers are as good as expected.")
+    if retraining := check.get("retraining"):
+        st.info(f"A retraining started (job {retraining['job_id']})." if retraining["started"] else f"No retraining: {retraining['why']}.")
+    perf, test = check.get("performance"), check["champion"].get("test", {})
+    cols = st.columns(3)
+    if perf:
+        cols[0].metric("Live ROC AUC", f"{perf['roc_auc']:.3f}", f"{perf['roc_auc'] - test['roc_auc']:+.3f} vs test" if "roc_auc" in test else None,
+                       help=f"95% interval {perf['roc_auc_ci'][0]:.3f} to {perf['roc_auc_ci'][1]:.3f}, on {perf['n']:,} labelled predictions")
+        cols[1].metric("Live accuracy", f"{perf['accuracy']:.3f}", f"{perf['accuracy'] - test['accuracy']:+.3f} vs test" if "accuracy" in test else None,
+                       help=f"95% interval {perf['accuracy_ci'][0]:.3f} to {perf['accuracy_ci'][1]:.3f}")
+    else: cols[0].metric("Live ROC AUC", "-", help="Needs more predictions with a true label")
+    if check.get("estimated_accuracy") is not None:
+        cols[2].metric("Expected accuracy (no labels)", f"{check['estimated_accuracy']:.3f}",
+                       help="What the model expects from its own confidence; it moves before true labels arrive")
+    if check.get("drift"):
+        drift = pd.DataFrame(check["drift"])
+        st.markdown(f"**Drift of each input** (population stability index; above the red line the input has drifted; "
+                    f"{drift['drifted'].sum()} of {len(drift)} have)")
+        bars = alt.Chart(drift).mark_bar().encode(x=alt.X("psi:Q", title="PSI"), y=alt.Y("feature:N", sort="-x", title=None),
+                                                  color=alt.condition("datum.drifted", alt.value("#d62728"), alt.value("#4c78a8")))
+        st.altair_chart(bars + alt.Chart(pd.DataFrame({"x": [0.2]})).mark_rule(color="red").encode(x="x:Q"), width="stretch")
+        st.markdown(f"[Open the full drift report]({api().url}/monitoring/report) (Evidently, HTML)")
 
 
 def monitoring_page() -> None:
@@ -18,23 +66,19 @@ def monitoring_page() -> None:
     except ApiRejected as e:
         st.info(f"Monitoring data is not available yet: {e.detail}")
         return
-    cols = st.columns(3)
-    cols[0].metric("Predictions logged", f"{summary.get('predictions', 0):,}")
-    cols[1].metric("With a true label", f"{summary.get('labelled', 0):,}")
-    cols[2].metric("Model version", summary.get("model_version") or "-")
-    volume = pd.DataFrame(summary.get("volume", []))
-    if not volume.empty:
-        st.subheader("Recent predictions")
-        st.altair_chart(alt.Chart(volume).mark_bar().encode(x=alt.X("hour:T", title=None), y=alt.Y("count:Q", title="predictions"),
-                                                            color=alt.Color("label:N", title="predicted")), width="stretch")
-    if summary.get("metrics"):
+    show_volume(summary)
+    if summary.get("last_check"): show_check(summary["last_check"])
+    elif summary.get("metrics"):
         st.subheader("Performance on labelled predictions")
         st.dataframe(pd.DataFrame([summary["metrics"]]), hide_index=True)
-    else: st.info("Performance appears here once true incomes are reported through /feedback.")
-    for key, title in (("drift", "Data drift"), ("retraining", "Retraining history")):
-        if summary.get(key) is not None:
-            st.subheader(title)
-            st.dataframe(pd.DataFrame(summary[key]), hide_index=True, width="stretch")
+    else: st.info("No monitoring check has run yet. Checks run on the service's schedule, with `incomeops monitor`, or POST /jobs/monitor.")
+    if summary.get("alerts"):
+        st.subheader("Alerts")
+        alerts = pd.DataFrame(summary["alerts"])[["created_at", "kind", "message"]]
+        st.dataframe(alerts.assign(created_at=alerts["created_at"].str[:19].str.replace("T", " ")), hide_index=True, width="stretch")
+    if summary.get("retraining"):
+        st.subheader("Retraining history")
+        st.dataframe(pd.DataFrame(summary["retraining"]), hide_index=True, width="stretch")
 
 
 monitoring_page()

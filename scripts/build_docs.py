@@ -649,7 +649,7 @@ MONITORING_FILES = [  # (title, what writes it)
     ("Drift report (Evidently, HTML)", "the monitoring job (<code>incomeops monitor</code> or <code>POST /jobs/monitor</code>) "
      "writes <code>reports/monitoring/drift.html</code>"),
     ("Scenario table of the replay simulator (Markdown)", "<code>incomeops simulate</code> writes it while it replays "
-     "adult.test through a running API (<code>make serve</code>)"),
+     "adult.test through a fresh service per scenario (it starts them itself)"),
     ("Timeline of the replay (PNG)", "<code>incomeops simulate</code> writes it with the scenario table")]
 
 
