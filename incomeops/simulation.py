@@ -23,9 +23,9 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from .cleaning import TARGET, build_dataset
-from .client import ApiClient, ApiUnavailable
+from .client import ApiClient
 from .config import IncomeOpsError, Settings, get_settings
-from .features import MODEL_INPUTS, model_inputs
+from .features import model_inputs
 from .jobs import TrainingParams, run_training
 from .monitoring import split_test_file
 
