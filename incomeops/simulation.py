@@ -31,8 +31,9 @@ from .monitoring import split_test_file
 
 # %% auto #0
 __all__ = ['Change', 'SCENARIOS', 'unchanged', 'graduates_cross_the_line', 'occupation_not_sent', 'household_columns_shuffled',
-           'Scenario', 'free_port', 'Service', 'wait_for_job', 'people', 'replay', 'scenario_settings',
-           'first_champion', 'summarise_scenario', 'run_scenario', 'timeline_plot', 'write_results']
+           'Scenario', 'free_port', 'Service', 'wait_for_job', 'people', 'wait_until_logged', 'replay',
+           'scenario_settings', 'first_champion', 'summarise_scenario', 'run_scenario', 'timeline_plot',
+           'write_results']
 
 # %% ../nbs/15_simulation.ipynb #a7abdd23
 Change = Callable[[pd.DataFrame, np.random.Generator], pd.DataFrame]
@@ -131,8 +132,16 @@ def people(batch: pd.DataFrame) -> list[dict]:
     X = model_inputs(batch)
     return [{k: v for k, v in row.items()} for row in X.astype(object).where(X.notna(), None).to_dict("records")]
 
+def wait_until_logged(client: ApiClient, rows: int, timeout: float = 30) -> None:
+    "Wait until the service's prediction log holds `rows` predictions (it writes them in the background, a fraction of a second later)."
+    deadline = time.monotonic() + timeout
+    while client.request("GET", "/monitoring/summary")["predictions"] < rows:
+        if time.monotonic() > deadline: raise IncomeOpsError(f"the prediction log did not reach {rows:,} rows within {timeout:.0f} s")
+        time.sleep(0.1)
+
 def _check(client: ApiClient, rows_served: int) -> tuple[dict, dict | None]:
-    "Run one monitoring check; its outcome, and the retraining job it started (finished) if any."
+    "Run one monitoring check once every prediction so far is logged; its outcome, and the retraining job it started (finished) if any."
+    wait_until_logged(client, rows_served)
     job = wait_for_job(client, client.request("POST", "/jobs/monitor")["id"])
     if job["status"] != "succeeded": raise IncomeOpsError(f"the monitoring check failed after {rows_served} rows: {job['error']}")
     outcome, retraining = job["outcome"], None
@@ -201,7 +210,7 @@ def summarise_scenario(scenario: Scenario, timeline: pd.DataFrame, log: pd.DataF
     retrains = timeline[timeline["retrain_status"].notna()]
     promoted = timeline[timeline["retrain_decision"] == "promoted"]
     auc = _auc_by_version(log)
-    new_version = str(promoted["new_version"].iloc[0]) if len(promoted) else None
+    new_version = str(int(promoted["new_version"].iloc[0])) if len(promoted) else None
     gate = (promoted.iloc[0] if len(promoted) else retrains.iloc[0] if len(retrains) else {}).get("retrain_outcome") or {}
     gate = gate.get("gate", {}) if isinstance(gate, dict) else {}
     return {"scenario": scenario.name, "expected": scenario.expected, "first_alarm": first["alarms"] if first is not None else "none",
