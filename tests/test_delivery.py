@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent  # the project's .venv/bin
 UV = REPO / ".tools" / "bin" / "uv"
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 ENTRYPOINT_ROLES = {"api", "ui", "train", "bootstrap", "monitor"}
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)   # the first start of a clean environment compiles every module: slow on a busy machine
 
 
 def run(*cmd, **kw) -> subprocess.CompletedProcess:
@@ -356,7 +356,7 @@ class Entrypoint:
         self.env = {**base, **settings.as_env(), "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}:{base['PATH']}",
                     "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1", **env}
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.script), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd="/")
 
     def start(self, *args: str, log: Path) -> subprocess.Popen:
@@ -371,10 +371,10 @@ def test_image_entrypoint_serves_the_champion_from_the_clean_environment(image_t
     started = time.monotonic()
     proc = entry.start("api", log=log)
     try:
-        deadline = started + 120
+        deadline = started + 400
         while True:
             assert proc.poll() is None, f"the API exited ({proc.returncode}):\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"the API was not ready in 120 s:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"the API was not ready in 400 s:\n{log.read_text()}"
             try:
                 if httpx.get(f"{url}/ready", timeout=2).status_code == 200: break
             except httpx.TransportError: pass
