@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -35,6 +34,7 @@ from incomeops.monitoring import (
     check,
     drift_report,
     labelled_training_rows,
+    load_reference,
     split_recent,
     write_production_rows,
 )
@@ -309,11 +309,8 @@ class JobRunner:
 # %% ../nbs/12_jobs.ipynb #14552a6b
 @lru_cache(maxsize=8)
 def _run_reference(tracking_uri: str, run_id: str) -> tuple[dict, pd.DataFrame, dict]:
-    "The `monitoring/` artifacts of a training run: reference profile, reference sample, model configuration."
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="monitoring", dst_path=tmp, tracking_uri=tracking_uri))
-        return (json.loads((folder / "reference_profile.json").read_text()), pd.read_parquet(folder / "reference_sample.parquet"),
-                json.loads((folder / "model_config.json").read_text()))
+    "`load_reference`, cached per run: a run's artifacts never change."
+    return load_reference(run_id, tracking_uri)
 
 def champion_reference(served, settings: Settings | None = None) -> tuple[dict, pd.DataFrame, dict]:
     "The served model's reference profile, reference sample and training configuration, from its MLflow run."

@@ -8,11 +8,14 @@ Docs: https://incomeops.github.io/incomeops/monitoring.html.md"""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 from sklearn.metrics import log_loss, roc_auc_score
@@ -22,10 +25,11 @@ from .config import IncomeOpsError, Settings, get_settings
 from .features import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS, model_inputs
 
 # %% auto #0
-__all__ = ['MISSING', 'SCORE_EDGES', 'split_test_file', 'row_fingerprints', 'drop_holdout_rows', 'reference_profile',
-           'bin_shares', 'psi', 'feature_drift', 'score_drift', 'expected_null_psi', 'quality_problems',
-           'auc_standard_error', 'wilson_interval', 'performance_with_intervals', 'estimated_accuracy', 'Alarm',
-           'Verdict', 'check', 'drift_report', 'labelled_training_rows', 'split_recent', 'write_production_rows']
+__all__ = ['MISSING', 'SCORE_EDGES', 'REFERENCE_ARTIFACTS', 'split_test_file', 'row_fingerprints', 'drop_holdout_rows',
+           'reference_profile', 'bin_shares', 'log_reference', 'load_reference', 'psi', 'feature_drift', 'score_drift',
+           'expected_null_psi', 'quality_problems', 'auc_standard_error', 'wilson_interval',
+           'performance_with_intervals', 'estimated_accuracy', 'Alarm', 'Verdict', 'check', 'drift_report',
+           'labelled_training_rows', 'split_recent', 'write_production_rows']
 
 # %% ../nbs/11_monitoring.ipynb #942b4501
 def split_test_file(test: pd.DataFrame, settings: Settings | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,6 +94,28 @@ def bin_shares(feature: dict, values: pd.Series) -> np.ndarray:
     index.update(dict.fromkeys(feature.get("rare", []), pooled))
     codes = [index.get(v, unseen) for v in values.astype(object).where(values.notna(), MISSING)]
     return np.bincount(codes, minlength=unseen + 1) / len(values)
+
+# %% ../nbs/11_monitoring.ipynb #4d2b7e91
+REFERENCE_ARTIFACTS = "monitoring"          # the folder of a training run that holds its monitoring reference
+
+def log_reference(X: pd.DataFrame, scores, config: dict, seed: int = 0, sample_rows: int = 5_000) -> dict:
+    "Store the reference profile of the training inputs `X` (and model `scores`), a sample of `X` and the model's `config` with the active MLflow run."
+    profile = reference_profile(X, scores)
+    mlflow.log_dict(profile, f"{REFERENCE_ARTIFACTS}/reference_profile.json")
+    mlflow.log_dict(config, f"{REFERENCE_ARTIFACTS}/model_config.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reference_sample.parquet"
+        model_inputs(X).sample(min(sample_rows, len(X)), random_state=seed).to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACTS)
+    return profile
+
+def load_reference(run_id: str, tracking_uri: str | None = None) -> tuple[dict, pd.DataFrame, dict]:
+    "The monitoring reference a training run stored: its profile, its sample of training inputs and the model's configuration."
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_ARTIFACTS, dst_path=tmp,
+                                                          tracking_uri=tracking_uri))
+        return (json.loads((folder / "reference_profile.json").read_text()), pd.read_parquet(folder / "reference_sample.parquet"),
+                json.loads((folder / "model_config.json").read_text()))
 
 # %% ../nbs/11_monitoring.ipynb #772b5bdd
 def psi(expected, actual, floor: float = 1e-4) -> float:

@@ -17,6 +17,7 @@ from conftest import REPO, free_port
 from incomeops.cleaning import build_dataset
 from incomeops.config import Settings
 from incomeops.features import model_inputs, target
+from incomeops.monitoring import log_reference
 from incomeops.registry import GateDecision, apply_decision, register_challenger
 from incomeops.training import log_model, make_model, use_tracking
 
@@ -41,9 +42,13 @@ def register_model(settings: Settings, family: str, params: dict, threshold: flo
     train, test, version = clean_frames(settings)
     model = make_model(family, params).fit(model_inputs(train), target(train))
     use_tracking(settings)
+    X = model_inputs(train)
     with mlflow.start_run() as run:
         mlflow.log_metrics({"test_roc_auc": 0.9, "test_accuracy": 0.85})
-        info = log_model(model, model_inputs(train).head(5))
+        info = log_model(model, X.head(5))
+        log_reference(X, model.predict_proba(X)[:, 1], {"family": family, "params": params, "train_query": None, "eval_query": None,
+                                                        "evidence": "test", "threshold": threshold,
+                                                        "test": {"roc_auc": 0.9, "accuracy": 0.85}})
     mv = register_challenger(info.model_uri, run.info.run_id, {"threshold": f"{threshold:.6f}", "dataset_version": version,
                                                                "family": family}, settings)
     if promote: apply_decision(GateDecision(True, ["registered by the test suite"]), mv, settings)

@@ -6,6 +6,7 @@ which model is served.
 import json
 import signal
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -239,10 +240,26 @@ def test_invalid_job_parameters_are_refused(http):
     assert response.status_code == 422 and "unknown: forest" in json.dumps(response.json())
 
 
-def test_monitoring_job_summarises_the_labelled_predictions(http):
+def test_monitoring_job_judges_the_served_champion_on_its_own_answers(http):
+    served = http.get("/ready").json()["model_version"]        # the reload and job tests above changed the champion
+    logged = http.get("/monitoring/summary").json()["predictions"]
+    ids = [a["prediction_id"] for a in http.post("/predict", json=[EXAMPLE_PERSON] * 600).json()]
+    assert http.post("/feedback", json=[{"prediction_id": i, "label": ">50K"} for i in ids[:20]]).status_code == 200
+    deadline = time.monotonic() + 30                             # the log writes in the background (flush every 0.05 s)
+    while http.get("/monitoring/summary").json()["predictions"] < logged + 600:
+        assert time.monotonic() < deadline, "the 600 predictions did not reach the log in 30 s"
+        time.sleep(0.1)
     job = wait_for(http, http.post("/jobs/monitor", headers=ADMIN).json()["id"], timeout=60)
-    assert job["status"] == "succeeded"
-    assert job["outcome"]["labelled"] >= 3 and job["outcome"]["predictions"] >= 2_000
+    assert job["status"] == "succeeded", job["error"]
+    outcome = job["outcome"]
+    assert outcome["champion"]["version"] == served
+    assert outcome["window_rows"] >= 600 and outcome["labelled_rows"] == 20      # only this champion's answers count
+    assert outcome["performance"] is None                                        # 20 labels are too few to judge
+    kinds = {a["kind"] for a in outcome["alarms"]}
+    assert kinds == {"drift", "data_quality"}, outcome["alarms"]                 # one person asked 600 times
+    assert not outcome["retrain"] and outcome["retraining"] is None              # broken inputs are no reason to retrain
+    summary = http.get("/monitoring/summary").json()
+    assert {a["kind"] for a in summary["alerts"]} >= kinds
 
 
 def test_clean_shutdown_loses_no_logged_prediction(champion_project):

@@ -363,8 +363,17 @@ class Entrypoint:
         return subprocess.Popen([str(self.script), *args], env=self.env, cwd="/", stdout=open(log, "wb"), stderr=subprocess.STDOUT)
 
 
-def test_image_entrypoint_serves_the_champion_from_the_clean_environment(image_tree, champion_project, tmp_path):
-    settings, pipeline = champion_project
+@pytest.fixture(scope="module")
+def image_champion(tmp_path_factory, mirror):
+    "A project of its own whose champion stays version 1 (the session's shared project gains versions as other tests retrain)."
+    from api_support import project_settings, register_model
+    settings = project_settings(tmp_path_factory.mktemp("image-served"), mirror)
+    _, model = register_model(settings, "lightgbm", {"n_estimators": 60}, threshold=0.45)
+    return settings, model
+
+
+def test_image_entrypoint_serves_the_champion_from_the_clean_environment(image_tree, image_champion, tmp_path):
+    settings, pipeline = image_champion
     port = free_port()
     entry = Entrypoint(image_tree, settings, HOST="127.0.0.1", PORT=str(port))
     url, log = f"http://127.0.0.1:{port}", tmp_path / "api.log"
@@ -400,9 +409,9 @@ def test_image_entrypoint_serves_the_champion_from_the_clean_environment(image_t
         if proc.poll() is None: proc.kill(); proc.wait()
 
 
-def test_image_entrypoint_runs_the_form_with_its_health_check(image_tree, champion_project, tmp_path):
+def test_image_entrypoint_runs_the_form_with_its_health_check(image_tree, image_champion, tmp_path):
     port = free_port()
-    entry = Entrypoint(image_tree, champion_project[0], HOST="127.0.0.1", PORT=str(port), INCOMEOPS_API_URL="http://127.0.0.1:9")
+    entry = Entrypoint(image_tree, image_champion[0], HOST="127.0.0.1", PORT=str(port), INCOMEOPS_API_URL="http://127.0.0.1:9")
     log, python = tmp_path / "ui.log", image_tree / ".venv" / "bin" / "python"
     proc = entry.start("ui", log=log)
     try:
@@ -418,22 +427,22 @@ def test_image_entrypoint_runs_the_form_with_its_health_check(image_tree, champi
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
 
 
-def test_compose_trainer_leaves_an_existing_champion_alone(image_tree, champion_project):
-    res = Entrypoint(image_tree, champion_project[0]).run("bootstrap", "--trials", "0")
+def test_compose_trainer_leaves_an_existing_champion_alone(image_tree, image_champion):
+    res = Entrypoint(image_tree, image_champion[0]).run("bootstrap", "--trials", "0")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "champion: version 1" in res.stdout and "nothing to train" in res.stdout
 
 
-def test_every_cli_command_the_entrypoint_calls_exists(image_tree, champion_project):
+def test_every_cli_command_the_entrypoint_calls_exists(image_tree, image_champion):
     called = set(re.findall(r"\bincomeops (\w+)", (REPO / "deploy" / "entrypoint.sh").read_text()))
     assert {"data", "train", "monitor"} <= called
     commands = "import typer; from incomeops.cli import app; print(*typer.main.get_command(app).commands)"
-    res = Entrypoint(image_tree, champion_project[0]).run("python", "-c", commands)
+    res = Entrypoint(image_tree, image_champion[0]).run("python", "-c", commands)
     assert res.returncode == 0, res.stderr
     listed = set(res.stdout.split())
     assert called <= listed, f"entrypoint.sh calls `incomeops {' / '.join(sorted(called - listed))}`, which the CLI lacks"
 
 
-def test_entrypoint_runs_other_commands_in_the_environment(image_tree, champion_project):
-    res = Entrypoint(image_tree, champion_project[0]).run("python", "-c", "import sys; print(sys.prefix)")
+def test_entrypoint_runs_other_commands_in_the_environment(image_tree, image_champion):
+    res = Entrypoint(image_tree, image_champion[0]).run("python", "-c", "import sys; print(sys.prefix)")
     assert res.returncode == 0 and res.stdout.strip() == str(image_tree / ".venv")
