@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     performance_auc_floor: float = Field(0.85, ge=0, le=1, description="Monitoring: alarm when live AUC is below this, whatever the champion scored")
     retrain_on_drift: bool = Field(True, description="Monitoring: a drift alarm starts a retraining job too (not only a performance alarm)")
     retrain_cooldown_minutes: float = Field(60, ge=0, description="Monitoring: no retraining within this long after the last one started")
+    retrain_min_new_labels: int = Field(1000, ge=0, description="Monitoring: after a retraining, the next waits for this many labels that came in since it started")
     retrain_recent_share: float = Field(0.2, ge=0, lt=1, description="Retraining: newest share of labelled rows kept out of training to compare the models on")
     gate_holdout_share: float = Field(0.5, gt=0, lt=1, description="Share of adult.test frozen as the gate's holdout; the rest is the replay stream")
 

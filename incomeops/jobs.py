@@ -286,8 +286,12 @@ class JobRunner:
         if last and last[0]["created_at"] > datetime.now(UTC) - timedelta(minutes=s.retrain_cooldown_minutes):
             return {"started": False, "why": f"cooldown: the last retraining started at {last[0]['created_at']:%Y-%m-%d %H:%M} UTC "
                                              f"(retrain_cooldown_minutes={s.retrain_cooldown_minutes:g})"}
-        if (n := len(self.store.predictions(labelled_only=True))) < s.drift_min_rows:
-            return {"started": False, "why": f"only {n} labelled predictions to learn from; waiting for {s.drift_min_rows}"}
+        labelled = self.store.predictions(labelled_only=True)
+        if len(labelled) < s.drift_min_rows:
+            return {"started": False, "why": f"only {len(labelled)} labelled predictions to learn from; waiting for {s.drift_min_rows}"}
+        if last and (new := int((labelled["feedback_at"] >= last[0]["created_at"]).sum())) < s.retrain_min_new_labels:
+            return {"started": False, "why": f"only {new} labels came in since the last retraining started; "
+                                             f"waiting for {s.retrain_min_new_labels} (retrain_min_new_labels)"}
         reason = "; ".join(a.message for a in verdict.alarms if a.retrain)
         try: job = self.retrain(served, reason)
         except JobConflict as e: return {"started": False, "why": str(e)}

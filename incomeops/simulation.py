@@ -193,7 +193,7 @@ def scenario_settings(base: Settings, folder: Path, **overrides) -> Settings:
     values = {k: getattr(base, k) for k in type(base).model_fields if k not in ("root", "reports_dir", "tracking_uri", "artifact_location",
                                                                                 "database_url", "api_key", "experiment_name")}
     return Settings(**{**values, "root": folder, "reports_dir": folder / "reports", "api_key": "simulation",
-                       "database_url": f"sqlite:///{folder / 'service.db'}", **overrides})
+                       "database_url": f"sqlite:///{folder / 'service.db'}", "retrain_cooldown_minutes": 0, **overrides})
 
 def first_champion(scenario: Scenario, settings: Settings, family: str = "lightgbm", folds: int = 3) -> dict:
     "Train and register the scenario's first champion (defaults of `family`, no tuning, judged on the holdout)."
