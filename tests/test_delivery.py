@@ -243,7 +243,7 @@ def test_workflow_is_valid_and_calls_only_what_the_repository_has(workflow):
 
 def test_each_workflow_does_its_job():
     spec = {w.stem: yaml.safe_load(w.read_text()) for w in WORKFLOWS}
-    assert {"ci", "docs", "release", "train"} <= set(spec)
+    assert {"ci", "docs", "release", "train", "monitor"} <= set(spec)
     uses = {name: " ".join(s.get("uses", "") for j in w["jobs"].values() for s in j.get("steps", [])) for name, w in spec.items()}
     runs = {name: "\n".join(run_scripts(REPO / ".github" / "workflows" / f"{name}.yml")) for name in spec}
     assert {"make lint", "make train-smoke", "make docs", "make pytest", "make nbtest"} <= {f"make {t}" for t in make_targets(runs["ci"])}
@@ -256,6 +256,8 @@ def test_each_workflow_does_its_job():
     train = spec["train"][True]
     assert "workflow_dispatch" in train and train["schedule"] and "trials" in train["workflow_dispatch"]["inputs"]
     assert "make train" in runs["train"] and "actions/upload-artifact" in uses["train"]
+    monitor = spec["monitor"][True]
+    assert "workflow_dispatch" in monitor and monitor["schedule"] and ".venv/bin/incomeops monitor" in runs["monitor"]
 
 
 def test_ci_run_is_the_local_mirror_of_the_ci_workflow():
