@@ -210,15 +210,16 @@ def summarise_scenario(scenario: Scenario, timeline: pd.DataFrame, log: pd.DataF
     retrains = timeline[timeline["retrain_status"].notna()]
     promoted = timeline[timeline["retrain_decision"] == "promoted"]
     auc = _auc_by_version(log)
-    new_version = str(int(promoted["new_version"].iloc[0])) if len(promoted) else None
-    gate = (promoted.iloc[0] if len(promoted) else retrains.iloc[0] if len(retrains) else {}).get("retrain_outcome") or {}
+    final = str(int(promoted["new_version"].iloc[-1])) if len(promoted) else first_version
+    judged = promoted if len(promoted) else retrains                 # the last promotion, else the last refused retraining
+    gate = (judged.iloc[-1]["retrain_outcome"] if len(judged) else None) or {}
     gate = gate.get("gate", {}) if isinstance(gate, dict) else {}
     return {"scenario": scenario.name, "expected": scenario.expected, "first_alarm": first["alarms"] if first is not None else "none",
             "alarm_after_rows": int(first["rows_served"]) if first is not None else None,
             "labelled_then": int(first["labelled"]) if first is not None else None,
             "retrainings": len(retrains), "retrain_statuses": ",".join(f"{s}:{d}" for s, d in zip(retrains["retrain_status"], retrains["retrain_decision"])),
-            "promoted": new_version is not None, "first_version": first_version, "new_version": new_version,
-            "live_auc_before": auc.get(first_version), "live_auc_after": auc.get(new_version) if new_version else None,
+            "promotions": len(promoted), "promoted": len(promoted) > 0, "first_version": first_version, "final_version": final,
+            "live_auc_before": auc.get(first_version), "live_auc_after": auc.get(final) if len(promoted) else None,
             "holdout_auc_champion": float(gate["champion.roc_auc"]) if "champion.roc_auc" in gate else None,
             "holdout_auc_challenger": float(gate["challenger.roc_auc"]) if "challenger.roc_auc" in gate else None,
             "rows": len(log)}
@@ -249,7 +250,7 @@ def run_scenario(name: str, folder: Path, base: Settings | None = None, batch_ro
 def _table(rows: list[dict]) -> str:
     "The summaries as a Markdown table."
     fmt = lambda v: "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-    cols = ["scenario", "expected", "first_alarm", "alarm_after_rows", "labelled_then", "retrainings", "promoted",
+    cols = ["scenario", "expected", "first_alarm", "alarm_after_rows", "labelled_then", "retrainings", "promotions", "final_version",
             "live_auc_before", "live_auc_after", "holdout_auc_champion", "holdout_auc_challenger"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     return "\n".join(lines + ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]) + "\n"
@@ -283,13 +284,16 @@ def timeline_plot(results: list[dict], path: Path, batch_rows: int = 500) -> Pat
     return path
 
 def write_results(results: list[dict], folder: Path, batch_rows: int = 500) -> dict[str, Path]:
-    "The scenario table (Markdown and JSON), the timelines (CSV) and the timeline plot (PNG) in `folder`."
+    "The scenario table (Markdown and JSON), the timelines and predictions (CSV) and the timeline plot (PNG) in `folder`."
     folder.mkdir(parents=True, exist_ok=True)
     rows = [r["summary"] for r in results]
     paths = {"table": folder / "scenarios.md", "json": folder / "scenarios.json", "plot": folder / "timeline.png"}
     paths["table"].write_text("# Monitoring scenarios\n\nReplays of the held-out census through the API (`incomeops simulate`); "
                               "see `nbs/15_simulation.ipynb`.\n\n" + _table(rows), encoding="utf-8")
     paths["json"].write_text(json.dumps(rows, indent=2, default=str), encoding="utf-8")
-    for r in results: r["timeline"].drop(columns=["retrain_outcome"]).to_csv(folder / f"timeline-{r['summary']['scenario']}.csv", index=False)
+    for r in results:
+        name = r["summary"]["scenario"]
+        r["timeline"].drop(columns=["retrain_outcome"]).to_csv(folder / f"timeline-{name}.csv", index=False)
+        r["log"].to_csv(folder / f"predictions-{name}.csv", index=False)      # id, version, probability, truth: to recompute any figure
     timeline_plot(results, paths["plot"], batch_rows)
     return paths
