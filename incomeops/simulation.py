@@ -268,19 +268,23 @@ def timeline_plot(results: list[dict], path: Path, batch_rows: int = 500) -> Pat
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     fig, axes = plt.subplots(len(results), 1, figsize=(9, 2.4 * len(results)), sharex=True, squeeze=False)
     for ax, r in zip(axes[:, 0], results):
-        rows = np.arange(1, len(_batch_auc(r["log"], batch_rows)) + 1) * batch_rows
-        ax.plot(rows, _batch_auc(r["log"], batch_rows), marker="o", ms=3, label="live AUC (batch)")
+        auc = _batch_auc(r["log"], batch_rows)
+        ax.plot(np.minimum(np.arange(1, len(auc) + 1) * batch_rows, len(r["log"])), auc, marker="o", ms=3, color="tab:blue")
         ax.set_ylim(0.6, 1.0); ax.set_ylabel("AUC"); ax.set_title(f"{r['summary']['scenario']}", loc="left", fontsize=10)
-        share = r["timeline"]["drift_share"].astype(float)
-        ax2 = ax.twinx(); ax2.step(r["timeline"]["rows_served"], share, where="post", color="tab:orange", alpha=0.7, label="drifted inputs")
+        ax2 = ax.twinx(); ax2.step(r["timeline"]["rows_served"], r["timeline"]["drift_share"].astype(float), where="post", color="tab:orange", alpha=0.7)
         ax2.set_ylim(0, 1); ax2.set_ylabel("drifted share")
         for t in r["timeline"].itertuples():
             if t.alarms: ax.axvline(t.rows_served, color="tab:red", alpha=0.25)
-            if t.retrain_decision == "promoted": ax.axvline(t.rows_served, color="tab:green", lw=2, label="promotion")
-    axes[-1, 0].set_xlabel("predictions served"); axes[0, 0].legend(loc="lower left", fontsize=8)
-    fig.tight_layout(); path.parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
+            if t.retrain_decision == "promoted": ax.axvline(t.rows_served, color="tab:green", lw=2)
+    key = [Line2D([], [], color="tab:blue", marker="o", ms=3, label="live AUC of each batch"),
+           Line2D([], [], color="tab:orange", label="share of drifted inputs (right axis)"),
+           Line2D([], [], color="tab:red", alpha=0.4, label="check with an alarm"), Line2D([], [], color="tab:green", lw=2, label="promotion")]
+    fig.legend(handles=key, loc="upper center", ncol=4, fontsize=8, frameon=False)
+    axes[-1, 0].set_xlabel("predictions served")
+    fig.tight_layout(rect=(0, 0, 1, 0.97)); path.parent.mkdir(parents=True, exist_ok=True); fig.savefig(path, dpi=110); plt.close(fig)
     return path
 
 def write_results(results: list[dict], folder: Path, batch_rows: int = 500) -> dict[str, Path]:
