@@ -55,6 +55,13 @@ def register_model(settings: Settings, family: str, params: dict, threshold: flo
     return mv, model
 
 
+def new_champion_project(root: Path, mirror: Path):
+    "A throwaway project at `root` whose registry has a LightGBM champion (version 1, threshold 0.45); (settings, pipeline)."
+    settings = project_settings(root, mirror)
+    _, model = register_model(settings, "lightgbm", {"n_estimators": 60}, threshold=0.45)
+    return settings, model
+
+
 @dataclass
 class ApiServer:
     "The API as users run it: uvicorn in a child process on a free loopback port."

@@ -75,11 +75,9 @@ def http_root(tmp_path):
 
 @pytest.fixture(scope="session")
 def champion_project(tmp_path_factory, mirror):
-    "A throwaway project whose registry has a LightGBM champion (version 1, threshold 0.45); yields (settings, pipeline)."
-    from api_support import project_settings, register_model
-    settings = project_settings(tmp_path_factory.mktemp("served"), mirror)
-    _, model = register_model(settings, "lightgbm", {"n_estimators": 60}, threshold=0.45)
-    return settings, model
+    "A throwaway project whose registry has a LightGBM champion (version 1, threshold 0.45); (settings, pipeline)."
+    from api_support import new_champion_project
+    return new_champion_project(tmp_path_factory.mktemp("served"), mirror)
 
 
 @pytest.fixture(scope="session")

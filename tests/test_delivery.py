@@ -368,10 +368,8 @@ class Entrypoint:
 @pytest.fixture(scope="module")
 def image_champion(tmp_path_factory, mirror):
     "A project of its own whose champion stays version 1 (the session's shared project gains versions as other tests retrain)."
-    from api_support import project_settings, register_model
-    settings = project_settings(tmp_path_factory.mktemp("image-served"), mirror)
-    _, model = register_model(settings, "lightgbm", {"n_estimators": 60}, threshold=0.45)
-    return settings, model
+    from api_support import new_champion_project
+    return new_champion_project(tmp_path_factory.mktemp("image-served"), mirror)
 
 
 def test_image_entrypoint_serves_the_champion_from_the_clean_environment(image_tree, image_champion, tmp_path):
