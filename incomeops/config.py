@@ -58,7 +58,10 @@ class Settings(BaseSettings):
     predict_api_key: SecretStr | None = Field(None, description="If set, /predict and /feedback require this key too")
     api_url: str = Field("http://127.0.0.1:8000", description="Where clients (the Streamlit app, the simulator) find the API")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="Largest request body the API reads")
-    log_flush_seconds: float = Field(0.25, gt=0, description="How often the prediction log writes its queue to the database")
+    log_queue_rows: int = Field(20_000, ge=1, description="Most predictions waiting for the log's commit; beyond it /predict answers 503")
+    log_ack_timeout_seconds: float = Field(5.0, gt=0, description="How long a prediction waits for its log commit before the answer is 503")
+    job_timeout_minutes: float = Field(120, gt=0, description="Wall-clock limit of one job; its notebook's processes are killed then")
+    job_lease_seconds: float = Field(30, ge=5, description="A running job whose runner has not renewed its lease for this long is dead")
     monitor_interval_minutes: float = Field(0, ge=0, description="Run the monitoring check this often inside the service (0: never)")
     # monitoring and retraining: the defaults are justified in 11_monitoring
     drift_window_rows: int = Field(2000, ge=100, description="Monitoring: the newest predictions compared with the training data")

@@ -7,19 +7,27 @@ Docs: https://incomeops.github.io/incomeops/features.html.md"""
 # %% ../nbs/04_features.ipynb #5e0dd8cf
 from __future__ import annotations
 
+import operator
+import re
+from typing import Any, Literal
+
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from .cleaning import CATEGORICAL_COLUMNS, TARGET, category_dtype
+from .cleaning import CATEGORICAL_COLUMNS, RANGES, TARGET, category_dtype
+from .config import IncomeOpsError
 
 # %% auto #0
-__all__ = ['DROPPED_FEATURES', 'NUMERIC_INPUTS', 'CATEGORICAL_INPUTS', 'MODEL_INPUTS', 'UNKNOWN', 'model_inputs', 'target',
-           'ordinal_encoder', 'one_hot_encoder', 'cv_auc']
+__all__ = ['DROPPED_FEATURES', 'NUMERIC_INPUTS', 'CATEGORICAL_INPUTS', 'MODEL_INPUTS', 'COMPARISONS', 'MEMBERSHIP', 'RowFilter',
+           'UNKNOWN', 'model_inputs', 'target', 'Condition', 'apply_filter', 'filter_text', 'UnsafeQueryError',
+           'legacy_filter', 'ordinal_encoder', 'one_hot_encoder', 'cv_auc']
 
 # %% ../nbs/04_features.ipynb #a757cf45
 DROPPED_FEATURES = {
@@ -41,6 +49,84 @@ def model_inputs(df: pd.DataFrame) -> pd.DataFrame:
 def target(df: pd.DataFrame) -> np.ndarray:
     "The 0/1 target of a clean frame."
     return df[TARGET].to_numpy(dtype="int64")
+
+# %% ../nbs/04_features.ipynb #dbb3e97b
+COMPARISONS = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+MEMBERSHIP = ("in", "not in")
+def _bad(kind: str, message: str) -> PydanticCustomError: return PydanticCustomError(kind, message)
+
+def _numeric_literal(column: str, value) -> int:
+    "`value` if it is a whole number in `column`'s range (the error names the range, not the value)."
+    lo, hi = RANGES[column.replace("_", "-")]
+    if type(value) is not int or not lo <= value <= hi: raise _bad("filter_value", f"must be a whole number from {lo:,} to {hi:,} for {column}")
+    return value
+
+def _category_literal(column: str, value) -> str | None:
+    "`value` if it is a known category of `column`, or None (unknown)."
+    if value is not None and (not isinstance(value, str) or value not in category_dtype(column).categories):
+        raise _bad("filter_value", f"must be a known category of {column}, or null for unknown")
+    return value
+
+class Condition(BaseModel):
+    "One condition of a row filter: `column op value`, e.g. age <= 35; `in` and `not in` take a list."
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    column: Literal[tuple(MODEL_INPUTS)]
+    op: Literal[(*COMPARISONS, *MEMBERSHIP)]
+    value: Any = Field(description="A whole number or a category name (null: unknown) of the column; a list of them for in / not in",
+                       json_schema_extra={"anyOf": [{"type": ["integer", "string", "null"]}, {"type": "array", "items": {"type": ["integer", "string", "null"]}}]})
+
+    @field_validator("value")
+    @classmethod
+    def _literal_of_column(cls, value, info: ValidationInfo):
+        column, op = info.data.get("column"), info.data.get("op")
+        if column is None or op is None: return value                      # reported on their own fields
+        if (op in MEMBERSHIP) != isinstance(value, list): raise _bad("filter_value", f"must be {'a list' if op in MEMBERSHIP else 'a single value'} for '{op}'")
+        if op in MEMBERSHIP and not 0 < len(value) <= 100: raise _bad("filter_value", "must list 1 to 100 values")
+        if column in CATEGORICAL_INPUTS and op in ("<", "<=", ">", ">="): raise _bad("filter_value", f"'{op}' compares numbers; {column} is a category (use ==, !=, in, not in)")
+        check = _numeric_literal if column in NUMERIC_INPUTS else _category_literal
+        return [check(column, v) for v in value] if op in MEMBERSHIP else check(column, value)
+
+RowFilter = TypeAdapter(list[Condition])
+
+# %% ../nbs/04_features.ipynb #40efa1ac
+def _holds(df: pd.DataFrame, c: Condition) -> np.ndarray:
+    "Which rows of `df` meet condition `c` (unknown categories are null: `== null` selects them)."
+    col = df[c.column]
+    if c.op in MEMBERSHIP:
+        known = [v for v in c.value if v is not None]
+        inside = col.isin(known).to_numpy() | (col.isna().to_numpy() if None in c.value else False)
+        return inside if c.op == "in" else ~inside
+    if c.value is None: return col.isna().to_numpy() if c.op == "==" else col.notna().to_numpy()
+    return COMPARISONS[c.op](col, c.value).fillna(False).to_numpy(dtype=bool)
+
+def apply_filter(df: pd.DataFrame, conditions) -> pd.DataFrame:
+    "The rows of `df` that meet every condition (a list of `Condition`s or of dicts, checked first); all rows if there are none."
+    checked = RowFilter.validate_python(list(conditions))
+    mask = np.ones(len(df), dtype=bool)
+    for c in checked: mask &= _holds(df, c)
+    return df[mask]
+
+def filter_text(conditions) -> str:
+    "A filter as a person reads it, e.g. `age <= 35 and sex == 'Female'` ('' for none)."
+    return " and ".join(f"{c.column} {c.op} {c.value!r}" for c in RowFilter.validate_python(list(conditions)))
+
+# %% ../nbs/04_features.ipynb #45029504
+class UnsafeQueryError(IncomeOpsError):
+    "A stored query string is not a plain `column op literal [and ...]`, so it is not run."
+
+_CLAUSE = re.compile(r"""\s*([a-z_]+)\s*(==|!=|<=|>=|<|>)\s*(-?\d+|'[^'\\]*'|"[^"\\]*")\s*""")
+
+def legacy_filter(query: str | None) -> list[dict]:
+    "An old `train_query` string as filter conditions, if it is a plain `column op literal [and ...]`; else `UnsafeQueryError`."
+    if not query or not query.strip(): return []
+    conditions = []
+    for clause in re.split(r"\band\b", query):
+        m = _CLAUSE.fullmatch(clause)
+        if m is None: raise UnsafeQueryError("a stored query is not a plain 'column op literal [and ...]' and was not run: retrain with a row filter instead")
+        column, op, literal = m.groups()
+        conditions.append({"column": column, "op": op, "value": int(literal) if literal[0] not in "'\"" else literal[1:-1]})
+    try: return [c.model_dump() for c in RowFilter.validate_python(conditions)]
+    except ValidationError: raise UnsafeQueryError("a stored query names a column, operator or value that row filters do not accept; it was not run") from None
 
 # %% ../nbs/04_features.ipynb #241e61ea
 def _categories(columns: list[str]) -> list[list[str]]:

@@ -70,8 +70,9 @@ EXAMPLE_PERSON = {"age": 39, "workclass": "State-gov", "education": "Bachelors",
                   "race": "White", "sex": "Male", "capital_gain": 2174, "capital_loss": 0, "hours_per_week": 40,
                   "native_country": "United-States"}
 
-PERSON_EXAMPLES = [EXAMPLE_PERSON, {"age": 52, "education_num": 9, "marital_status": "Married-civ-spouse", "occupation": None,
-                                    "sex": "Female", "capital_gain": 0, "capital_loss": 0, "hours_per_week": 20}]
+PERSON_EXAMPLES = [EXAMPLE_PERSON, {"age": 52, "workclass": None, "education_num": 9, "marital_status": "Married-civ-spouse",
+                                    "occupation": None, "relationship": "Wife", "race": "Black", "sex": "Female",
+                                    "capital_gain": 0, "capital_loss": 0, "hours_per_week": 20, "native_country": "?"}]
 
 def _education_rule(schema: dict) -> None:
     "Add to `Person`'s JSON Schema what `_one_education` checks: education, its rank or both, and if both they agree."
@@ -85,19 +86,19 @@ class Person(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_education_rule)
 
     age: int = _whole("age", description="Age in years")
-    workclass: Workclass | None = Field(None, description="Type of employer; null if unknown")
+    workclass: Workclass | None = Field(description="Type of employer; null if unknown")
     fnlwgt: int | None = _whole("fnlwgt", default=None, description="Census sampling weight: accepted, ignored by the model")
     education: Education | None = Field(None, description="Highest education; give this, education_num or both")
     education_num: int | None = _whole("education_num", default=None, description="Rank of education, 1 (Preschool) to 16 (Doctorate)")
-    marital_status: MaritalStatus | None = Field(None, validation_alias=_aka("marital_status"), description="Marital status")
-    occupation: Occupation | None = Field(None, description="Occupation; null if unknown")
-    relationship: Relationship | None = Field(None, description="Relationship to the household's reference person")
-    race: Race | None = Field(None, description="Race as recorded by the census")
-    sex: Sex | None = Field(None, description="Sex as recorded by the census")
+    marital_status: MaritalStatus | None = Field(validation_alias=_aka("marital_status"), description="Marital status; null if unknown")
+    occupation: Occupation | None = Field(description="Occupation; null if unknown")
+    relationship: Relationship | None = Field(description="Relationship to the household's reference person; null if unknown")
+    race: Race | None = Field(description="Race as recorded by the census; null if unknown")
+    sex: Sex | None = Field(description="Sex as recorded by the census; null if unknown")
     capital_gain: int = _whole("capital_gain", description="Capital gains in the year (USD)")
     capital_loss: int = _whole("capital_loss", description="Capital losses in the year (USD)")
     hours_per_week: int = _whole("hours_per_week", description="Usual hours worked per week")
-    native_country: NativeCountry | None = Field(None, validation_alias=_aka("native_country"), description="Country of birth")
+    native_country: NativeCountry | None = Field(validation_alias=_aka("native_country"), description="Country of birth; null if unknown")
 
     @model_validator(mode="before")
     @classmethod

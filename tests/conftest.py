@@ -84,6 +84,6 @@ def champion_project(tmp_path_factory, mirror):
 def api(champion_project):
     "The API under uvicorn on loopback, serving `champion_project`, with an admin key; stopped at the end."
     from api_support import ADMIN_KEY, ApiServer
-    server = ApiServer(champion_project[0], env={"INCOMEOPS_API_KEY": ADMIN_KEY, "INCOMEOPS_LOG_FLUSH_SECONDS": "0.05"}).start()
+    server = ApiServer(champion_project[0], env={"INCOMEOPS_API_KEY": ADMIN_KEY}).start()
     yield server
     server.stop()
