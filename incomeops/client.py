@@ -7,19 +7,23 @@ Docs: https://incomeops.github.io/incomeops/client.html.md"""
 # %% ../nbs/14_client.ipynb #efe28941
 from __future__ import annotations
 
+import csv
 import io
-from collections.abc import Callable, Sequence
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 import httpx
 import pandas as pd
 
 from .config import IncomeOpsError, get_settings
 from .data import RAW_COLUMNS
+from .features import MODEL_INPUTS
 from .serving import FORM_DEFAULTS, FORM_TEXT, MAX_BATCH, InvalidPersonError, parse_person
 
 # %% auto #0
-__all__ = ['EXPLAINED', 'ApiUnavailable', 'ApiRejected', 'ApiClient', 'what_ifs', 'explain', 'api_scorer', 'CsvFormatError',
-           'read_people_csv']
+__all__ = ['EXPLAINED', 'NUMBER', 'EMPTY', 'WHOLE_LINE', 'ApiUnavailable', 'ApiRejected', 'ApiClient', 'what_ifs', 'explain',
+           'api_scorer', 'CsvFormatError', 'read_people_csv']
 
 # %% ../nbs/14_client.ipynb #7359afea
 class ApiUnavailable(IncomeOpsError):
@@ -31,6 +35,9 @@ class ApiRejected(IncomeOpsError):
         self.status, self.detail, self.problems = status, detail, problems or []
         super().__init__(detail)
 
+    @property
+    def key_refused(self) -> bool: return self.status == 401    # the service wants an X-API-Key this client lacks or has wrong
+
 def _rejection(response: httpx.Response) -> ApiRejected:
     "The service's own explanation of a 4xx answer."
     try: body = response.json()
@@ -39,22 +46,42 @@ def _rejection(response: httpx.Response) -> ApiRejected:
     return ApiRejected(response.status_code, str(detail or f"the API answered {response.status_code}"),
                        body.get("errors") if isinstance(body, dict) else None)
 
+def _retry_after(response: httpx.Response, most: float = 30.0) -> float | None:
+    "The seconds a 503 asks the client to wait (`Retry-After` in seconds, at most `most`), or None."
+    value = response.headers.get("retry-after", "").strip()
+    return min(float(value), most) if response.status_code == 503 and value.isascii() and value.isdigit() else None
+
 class ApiClient:
     "The IncomeOps API at `url` (default: the `api_url` setting)."
-    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 10.0):
-        self.url = (url or get_settings().api_url).rstrip("/")
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 10.0,
+                 retries: int = 0,                               # times a 503 with Retry-After is retried after the wait it asks for
+                 transport: httpx.BaseTransport | None = None):  # another transport (tests: httpx.MockTransport)
+        self.url, self.retries = (url or get_settings().api_url).rstrip("/"), retries
         headers = {"X-API-Key": api_key} if api_key else {}
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers, transport=transport)
+
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        "The successful response to one call; `ApiUnavailable` or `ApiRejected` instead of HTTP errors."
+        for attempt in range(self.retries + 1):
+            try: response = self._http.request(method, path, **kwargs)
+            except httpx.TimeoutException: raise ApiUnavailable(f"the API at {self.url} did not answer within {self._http.timeout.read:g} s") from None
+            except httpx.TransportError as e: raise ApiUnavailable(f"the API at {self.url} cannot be reached ({type(e).__name__})") from None
+            wait = _retry_after(response)
+            if wait is None or attempt == self.retries: break
+            time.sleep(wait)
+        if response.status_code >= 500:
+            later = f" (it asks to try again in {wait:g} s)" if wait is not None else ""
+            raise ApiUnavailable(f"the API at {self.url} is not able to answer now: {_rejection(response).detail}{later}")
+        if response.status_code >= 400: raise _rejection(response)
+        return response
 
     def request(self, method: str, path: str, **kwargs):
         "The JSON answer of one call; `ApiUnavailable` or `ApiRejected` instead of HTTP errors."
-        try: response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException: raise ApiUnavailable(f"the API at {self.url} did not answer within {self._http.timeout.read:g} s") from None
-        except httpx.TransportError as e: raise ApiUnavailable(f"the API at {self.url} cannot be reached ({type(e).__name__})") from None
-        if response.status_code >= 500:
-            raise ApiUnavailable(f"the API at {self.url} is not able to answer now: {_rejection(response).detail}")
-        if response.status_code >= 400: raise _rejection(response)
-        return response.json()
+        return self._send(method, path, **kwargs).json()
+
+    def fetch(self, path: str) -> bytes:
+        "The body of a GET that is not JSON (a plot, a report), with the client's key: a browser following a link has none."
+        return self._send("GET", path).content
 
     def health(self) -> dict: return self.request("GET", "/health")
     def model(self) -> dict: return self.request("GET", "/model")
@@ -106,35 +133,80 @@ def api_scorer(client: ApiClient) -> Callable[[list[dict]], list[float]]:
 class CsvFormatError(IncomeOpsError):
     "The file is not a CSV in the Adult format at all (as opposed to some bad rows)."
 
-def _frame(text: str) -> tuple[pd.DataFrame, int]:
-    "The raw string frame of an Adult-format CSV, and the file line of its first row."
-    lines = text.splitlines()
-    skip = 1 if lines and lines[0].startswith("|") else 0
-    first = [c.strip().replace("_", "-") for c in (lines[skip].split(",") if len(lines) > skip else [])]
-    header = bool(first) and "age" in first
-    try:
-        df = pd.read_csv(io.StringIO(text), header=0 if header else None, skiprows=skip, sep=",", skipinitialspace=True,
-                         dtype=str, keep_default_na=False, skip_blank_lines=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e: raise CsvFormatError(f"the file is not a readable CSV: {e}") from None
-    if header: df.columns = [c.strip().replace("_", "-") for c in df.columns]
+NUMBER = re.compile(r"[+-]?[0-9]{1,30}")   # a whole number as the census writes it; anything else goes to the schema as text
+EMPTY = "is empty: write ? for unknown"
+WHOLE_LINE = "(whole line)"                # the field of a problem with the line itself
+_UTF8 = "save it as UTF-8 (in a spreadsheet: CSV UTF-8) and upload it again"
+
+def _text(data: bytes | str) -> str:
+    "The file as text; `CsvFormatError` naming where it stops being UTF-8."
+    if isinstance(data, str): text = data.removeprefix("\ufeff")
+    elif data[:2] in (b"\xff\xfe", b"\xfe\xff"): raise CsvFormatError(f"the file is UTF-16 text, not UTF-8: {_UTF8}")
     else:
-        if df.shape[1] not in (14, 15): raise CsvFormatError(f"the file has {df.shape[1]} columns; the Adult format has 14 (or 15 with income)")
-        df.columns = RAW_COLUMNS[:df.shape[1]]
-    return df.drop(columns=[c for c in ("income",) if c in df]), skip + 1 + header
+        try: text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise CsvFormatError(f"the file is not UTF-8 text: line {line:,} has a byte UTF-8 does not allow "
+                                 f"(byte {e.start + 1:,} of the file); {_UTF8}") from None
+    if (nul := text.find("\x00")) >= 0:
+        raise CsvFormatError(f"the file is not UTF-8 text: line {text.count(chr(10), 0, nul) + 1:,} has NUL characters "
+                             f"(UTF-16 files do); {_UTF8}")
+    return text
+
+def _records(text: str) -> Iterator[tuple[int, list[str]]]:
+    "Each record of the CSV `text` that is not blank, with the file line it starts on."
+    reader, last = csv.reader(io.StringIO(text), skipinitialspace=True), 0
+    try:
+        for fields in reader:
+            line, last = last + 1, reader.line_num
+            if any(f.strip() for f in fields): yield line, fields
+    except csv.Error as e: raise CsvFormatError(f"the file is not a readable CSV: line {last + 1:,}: {e}") from None
+
+def _header(fields: list[str]) -> list[str] | None:
+    "The columns named by a header row (hyphenated, as in adult.names), or None if the row is a person."
+    names = [f.strip().replace("_", "-") for f in fields]
+    if "age" not in names: return None
+    if twice := sorted({n for n in names if names.count(n) > 1}): raise CsvFormatError(f"the header names {', '.join(twice)} twice")
+    needed = [c.replace("_", "-") for c in MODEL_INPUTS]
+    if missing := [c for c in needed if c not in names and not (c == "education-num" and "education" in names)]:
+        raise CsvFormatError(f"the header has no column {', '.join(missing)}: every person needs each of them (write ? for unknown)")
+    return names
 
 def _value(v: str):
-    "A CSV field as a request value: a whole number if it is one, else the text (`?` kept: the schema reads it as unknown)."
-    v = v.strip()
-    return int(v) if v.lstrip("-").isdigit() else v
+    "A CSV field as a request value: a whole number if it is written as one, else the text (`?` kept: the schema reads it as unknown)."
+    return int(v) if NUMBER.fullmatch(v) else v
+
+def _person(names: list[str], fields: list[str], line: int) -> tuple[dict | None, list[dict]]:
+    "One record as a request body (None if it has problems), and its problems named by line and field."
+    record, problems = {}, []
+    for name, v in zip(names, fields):
+        if name in ("fnlwgt", "income"): continue            # accepted and ignored
+        if v.strip(): record[name] = _value(v.strip())
+        else: problems.append({"line": line, "field": name, "problem": EMPTY})
+    empty = {p["field"].replace("-", "_") for p in problems}
+    try: person = parse_person(record).model_dump(exclude={"fnlwgt"})
+    except InvalidPersonError as e:                          # an empty cell is said once, not again as "is required"
+        problems += [{"line": line, **p} for p in e.problems if not set(p["field"].replace("-", "_").split(", ")) <= empty]
+        return None, problems
+    return (None if problems else person), problems
 
 def read_people_csv(data: bytes | str) -> tuple[list[dict], pd.DataFrame]:
     "The valid people of an Adult-format CSV (request bodies), and a table of the problems (line, field, problem)."
-    text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
-    df, first_line = _frame(text)
-    if df.empty: raise CsvFormatError("the file has no rows")
+    records = _records(_text(data))
+    first = next(records, None)
+    if first is not None and first[0] == 1 and first[1][0].startswith("|"): first = next(records, None)   # adult.test's first line
+    if first is None: raise CsvFormatError("the file is not a readable CSV: it has no rows")
+    names = _header(first[1])
+    if names is None and len(first[1]) not in (14, 15):
+        raise CsvFormatError(f"the file has {len(first[1])} columns; the Adult format has 14 (or 15 with income)")
     people, problems = [], []
-    for i, row in enumerate(df.to_dict("records")):
-        record = {k: _value(v) for k, v in row.items() if k != "fnlwgt" and v is not None and v.strip() != ""}
-        try: people.append(parse_person(record).model_dump(exclude={"fnlwgt"}))
-        except InvalidPersonError as e: problems += [{"line": first_line + i, **p} for p in e.problems]
+    for line, fields in ([] if names else [first]) + list(records):
+        if not (len(fields) == len(names) if names else len(fields) in (14, 15)):
+            want = f"{len(names)}, as the header" if names else "14 (or 15 with income)"
+            problems.append({"line": line, "field": WHOLE_LINE, "problem": f"has {len(fields)} fields instead of {want}"})
+            continue
+        person, found = _person(names or RAW_COLUMNS, fields, line)
+        problems += found
+        if person is not None: people.append(person)
+    if not people and not problems: raise CsvFormatError("the file has no rows")
     return people, pd.DataFrame(problems, columns=["line", "field", "problem"])
