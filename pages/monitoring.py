@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from incomeops.client import ApiRejected, ApiUnavailable
-from pages.common import api
+from pages.common import api, refusal
 
 ALARM_WORDS = {"drift": "The people asked about no longer look like the training data",
                "performance": "The model is less accurate than when it was trained",
@@ -54,7 +54,14 @@ def show_check(check: dict) -> None:
         bars = alt.Chart(drift).mark_bar().encode(x=alt.X("psi:Q", title="PSI"), y=alt.Y("feature:N", sort="-x", title=None),
                                                   color=alt.condition("datum.drifted", alt.value("#d62728"), alt.value("#4c78a8")))
         st.altair_chart(bars + alt.Chart(pd.DataFrame({"x": [0.2]})).mark_rule(color="red").encode(x="x:Q"), width="stretch")
-        st.markdown(f"[Open the full drift report]({api().url}/monitoring/report) (Evidently, HTML)")
+        st.download_button("Download the full drift report (Evidently, HTML)", drift_report, "incomeops-drift-report.html", "text/html",
+                           on_click="ignore", key="drift_report")
+
+
+def drift_report() -> bytes:
+    "The latest drift report, fetched when the button is pressed, with the form's key (a link would have none)."
+    try: return api().fetch("/monitoring/report")
+    except (ApiUnavailable, ApiRejected) as e: return f"<p>The drift report is not available: {e}</p>".encode()
 
 
 def monitoring_page() -> None:
@@ -64,7 +71,8 @@ def monitoring_page() -> None:
         st.error(f"The prediction service is not available right now: {e}.")
         return
     except ApiRejected as e:
-        st.info(f"Monitoring data is not available yet: {e.detail}")
+        if e.key_refused: refusal(e, "show monitoring")
+        else: st.info(f"Monitoring data is not available yet: {e.detail}")
         return
     show_volume(summary)
     if summary.get("last_check"): show_check(summary["last_check"])
