@@ -115,7 +115,7 @@ def mlflow_serve(settings: Settings, log_dir: Path) -> Server:
 
 
 def people(settings: Settings) -> tuple[list[dict], list[dict]]:
-    "The test file's people: as our API's request bodies, and as mlflow's model-input records."
+    "The test file's people: as our API's request bodies (every model input present, unknown as null), and as mlflow's records."
     df = pd.read_parquet(build_dataset(settings).data_file)
     test = df[df["split"] == "test"][[*MODEL_INPUTS, "education"]].astype(object)
     ours = [{k: (None if pd.isna(v) else v) for k, v in r.items()} for r in test.to_dict("records")]
@@ -146,10 +146,16 @@ class RawHttp:
         return await self.reader.readexactly(length)
 
 
-def post_bytes(path: str, body) -> bytes:
-    "A complete keep-alive POST of `body` as JSON."
+def prediction_key(settings: Settings) -> str | None:
+    "The prediction key our API will ask for (INCOMEOPS_PREDICT_API_KEY, passed on to the server), or None."
+    return settings.predict_api_key.get_secret_value() if settings.predict_api_key else None
+
+
+def post_bytes(path: str, body, key: str | None = None) -> bytes:
+    "A complete keep-alive POST of `body` as JSON, with `key` in X-API-Key if given."
     data = json.dumps(body).encode()
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    auth = f"X-API-Key: {key}\r\n" if key else ""
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}"
             f"Content-Length: {len(data)}\r\n\r\n").encode() + data
 
 
@@ -190,17 +196,18 @@ async def batch_rate(url: str, request: bytes, rows: int, repeats: int = 5) -> f
     return rows / statistics.median(times)
 
 
-def measure(server: Server, path: str, single: list, batch_body, args) -> dict:
-    requests = [post_bytes(path, b) for b in single]
+def measure(server: Server, path: str, single: list, batch_body, args, key: str | None = None) -> dict:
+    requests = [post_bytes(path, b, key) for b in single]
     ms = uvloop.run(latencies(server.url, requests, args.calls))
     rate = uvloop.run(throughput(server.url, requests, args.requests, args.concurrency))
-    rows = uvloop.run(batch_rate(server.url, post_bytes(path, batch_body), 10_000))
+    rows = uvloop.run(batch_rate(server.url, post_bytes(path, batch_body, key), 10_000))
     return {"p50_ms": np.percentile(ms, 50), "p90_ms": np.percentile(ms, 90), "p99_ms": np.percentile(ms, 99), "req_s": rate, "batch_rows_s": rows}
 
 
-def sanity(ours: Server, theirs: Server, ours_bodies: list, their_records: list) -> float:
+def sanity(ours: Server, theirs: Server, ours_bodies: list, their_records: list, key: str | None = None) -> float:
     "Largest |difference| of the probabilities both servers give for the first 200 people."
-    a = [p["probability"] for p in httpx.post(f"{ours.url}/predict", json=ours_bodies[:200], timeout=60).json()]
+    answer = httpx.post(f"{ours.url}/predict", json=ours_bodies[:200], headers={"X-API-Key": key} if key else None, timeout=60)
+    a = [p["probability"] for p in answer.raise_for_status().json()]
     answer = httpx.post(f"{theirs.url}/invocations", json={"dataframe_records": their_records[:200]}, timeout=60).json()["predictions"]
     b = [row[1] if isinstance(row, list) else row["1"] for row in answer]
     return float(np.max(np.abs(np.array(a) - np.array(b))))
@@ -222,13 +229,13 @@ def main() -> None:
     print(f"model: {settings.model_name} version {champion.version} ({champion.tags.get('family')}), served by both; "
           "client and servers share the machine")
     ours_bodies, their_records = people(settings)
-    results = {}
+    key, results = prediction_key(settings), {}
     with tempfile.TemporaryDirectory() as d:
         logs = Path(d)
         with our_api(settings, logs) as api, mlflow_serve(settings, logs) as ml:
-            print(f"  sanity: max |IncomeOps - mlflow| over 200 people = {sanity(api, ml, ours_bodies, their_records):.1e}")
+            print(f"  sanity: max |IncomeOps - mlflow| over 200 people = {sanity(api, ml, ours_bodies, their_records, key):.1e}")
         with our_api(settings, logs) as api:
-            results["IncomeOps API"] = measure(api, "/predict", ours_bodies, ours_bodies[:10_000], args)
+            results["IncomeOps API"] = measure(api, "/predict", ours_bodies, ours_bodies[:10_000], args, key)
         with mlflow_serve(settings, logs) as ml:
             single = [{"dataframe_records": [r]} for r in their_records]
             results["mlflow models serve"] = measure(ml, "/invocations", single, {"dataframe_records": their_records[:10_000]}, args)

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_service import HttpStatusError, RawHttp, our_api, people, post_bytes  # noqa: E402
+from bench_service import HttpStatusError, RawHttp, our_api, people, post_bytes, prediction_key  # noqa: E402
 
 from incomeops.config import Settings  # noqa: E402
 from incomeops.registry import CHAMPION, version_by_alias  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
     champion = version_by_alias(CHAMPION, settings)
     if champion is None: sys.exit(f"no champion in the registry of {args.root}: run `make train` first")
     bodies, _ = people(settings)
-    requests = [post_bytes("/predict", b) for b in bodies]
+    requests = [post_bytes("/predict", b, prediction_key(settings)) for b in bodies]
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; model version {champion.version}; "
           f"{args.requests:,} requests at concurrency {args.concurrency}")
     with tempfile.TemporaryDirectory() as d:
