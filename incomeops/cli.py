@@ -69,6 +69,11 @@ def _validation_message(e) -> str:
     "A pydantic validation error as one line per field."
     return "; ".join(f"{'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}" for err in e.errors())
 
+def _json_option(name: str, text: str):
+    "The JSON value of option `name`; a clear error if it is not JSON."
+    try: return json.loads(text)
+    except ValueError: raise IncomeOpsError(f"{name} must be JSON, e.g. {{}} or []") from None
+
 @app.command()
 @user_errors
 def train(data_version: str = typer.Option("latest", help="dataset version (a snapshot hash) or 'latest'"),
@@ -78,14 +83,16 @@ def train(data_version: str = typer.Option("latest", help="dataset version (a sn
           timeout: int = typer.Option(0, help="tuning time limit in seconds (0: none)"),
           folds: int = typer.Option(5, help="cross-validation folds"),
           seed: int = typer.Option(42, help="seed for every random choice"),
-          params: str = typer.Option("{}", help="JSON object of fixed hyperparameters (skips tuning)"),
+          params: str = typer.Option("{}", help="JSON object of fixed hyperparameters of --family (skips tuning)"),
+          train_filter: str = typer.Option("[]", "--filter", help="JSON row filter of the training rows, "
+                                           "e.g. '[{\"column\": \"age\", \"op\": \"<=\", \"value\": 35}]'"),
           register: bool = typer.Option(True, help="register the model as challenger"),
           promote: bool = typer.Option(True, help="run the promotion gate against the champion")):
     "Train, evaluate and register a model through the Papermill training notebook; promote it if it passes the gate."
     from pydantic import ValidationError
     try: p = TrainingParams(data_version=data_version, candidates=candidates, model_family=family, n_trials=trials,
-                            tune_timeout=timeout, cv_folds=folds, seed=seed, params_override=params,
-                            register=register, promote=promote)
+                            tune_timeout=timeout, cv_folds=folds, seed=seed, params_override=_json_option("--params", params),
+                            train_filter=_json_option("--filter", train_filter), register=register, promote=promote)
     except ValidationError as e: raise IncomeOpsError(_validation_message(e)) from None
     summary = run_training(p, get_settings(), echo=True)
     t = summary["test"]

@@ -7,13 +7,16 @@ Docs: https://incomeops.github.io/incomeops/jobs.html.md"""
 # %% ../nbs/12_jobs.ipynb #82f861e5
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -22,13 +25,15 @@ from typing import Literal
 import mlflow
 import nbformat
 import pandas as pd
+import psutil
+import sqlalchemy as sa
 from mlflow.entities import RunStatus
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from sklearn.metrics import roc_auc_score
 
 from .config import IncomeOpsError, Settings, get_settings
 from .evaluation import classification_metrics
-from .features import model_inputs
+from .features import Condition, RowFilter, UnsafeQueryError, legacy_filter, model_inputs
 from incomeops.monitoring import (
     Verdict,
     check,
@@ -39,19 +44,27 @@ from incomeops.monitoring import (
     write_production_rows,
 )
 from .registry import load_sklearn, use_registry
-from .training import FAMILIES, use_tracking
+from .serving import validation_problems
+from .store import ACTIVE_STATUSES, Store, Timestamp, jobs_table
+from .training import FAMILIES, HYPERPARAMETERS, use_tracking
 
 # %% auto #0
-__all__ = ['log', 'QUERY_PATTERN', 'JobFailed', 'notebook_error', 'execute_notebook', 'render_html', 'TrainingParams',
-           'run_training', 'run_profile', 'JobConflict', 'live_performance', 'summarise_predictions', 'JobRunner',
-           'champion_reference', 'champion_summary', 'served_rows', 'run_monitoring', 'record_alarms',
-           'retraining_params', 'compare_on_recent', 'retrain_champion']
+__all__ = ['log', 'CHILD_ENV_NAMES', 'CHILD_ENV_PREFIXES', 'WITHHELD_SETTINGS', 'HEX12', 'leases_table', 'JobFailed',
+           'JobStopped', 'notebook_error', 'child_env', 'JobControl', 'kill_tree', 'execute_notebook', 'render_html',
+           'production_rows_path', 'TrainingParams', 'run_training', 'run_profile', 'JobConflict', 'JobNotFound',
+           'renew_lease', 'why_not_live', 'ensure_job_live', 'watch_job', 'finish_job', 'live_performance',
+           'summarise_predictions', 'JobRunner', 'champion_reference', 'champion_summary', 'served_rows',
+           'run_monitoring', 'record_alarms', 'stored_filter', 'retraining_params', 'compare_on_recent',
+           'retrain_champion']
 
 # %% ../nbs/12_jobs.ipynb #c14852cb
 log = logging.getLogger(__name__)
 
 class JobFailed(IncomeOpsError):
     "A job's notebook raised an error; the message names the cell's error and where the executed notebook is."
+
+class JobStopped(JobFailed):
+    "A job's notebook was stopped before it finished: cancelled, past its time limit, or no longer the live job."
 
 # %% ../nbs/12_jobs.ipynb #65af39e2
 def notebook_error(executed: Path) -> str | None:
@@ -72,21 +85,70 @@ def _relay(proc: subprocess.Popen, log_file: Path, echo: bool) -> None:
             if relaying and b"Traceback (most recent call last)" in chunk: relaying = False
             if relaying: sys.stderr.buffer.write(chunk); sys.stderr.flush()
 
+CHILD_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "JUPYTER_PATH",
+                   "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE",
+                   "OPENBLAS_L2_SIZE", "YDATA_PROFILING_NO_ANALYTICS", "DO_NOT_TRACK")
+CHILD_ENV_PREFIXES = ("MLFLOW_", "AWS_")
+WITHHELD_SETTINGS = ("INCOMEOPS_API_KEY", "INCOMEOPS_PREDICT_API_KEY")
+
+def child_env(settings: Settings) -> dict[str, str]:
+    "The environment of a job's notebook: the settings without the API keys, and what Python, Jupyter and MLflow's stores read."
+    passed = {k: v for k, v in os.environ.items() if k in CHILD_ENV_NAMES or k.startswith(CHILD_ENV_PREFIXES)}
+    configured = {k: v for k, v in settings.as_env().items() if k not in WITHHELD_SETTINGS}
+    return {**passed, **configured, "PYTHONUNBUFFERED": "1"}
+
+@dataclass
+class JobControl:
+    "What may stop a running notebook: a time limit (`limit_minutes` from `started`) and a cancel flag."
+    limit_minutes: float
+    started: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def stop_reason(self) -> str | None:
+        "Why the notebook must stop now, or None."
+        if self.cancelled.is_set(): return "it was cancelled"
+        if time.monotonic() - self.started > self.limit_minutes * 60:
+            return f"it ran past the job time limit of {self.limit_minutes:g} minutes (job_timeout_minutes)"
+        return None
+
+def kill_tree(pid: int) -> int:
+    "SIGKILL process `pid` and every descendant (the kernel included, though it runs in a session of its own); how many."
+    try: root = psutil.Process(pid)
+    except psutil.NoSuchProcess: return 0
+    procs = [*root.children(recursive=True)[::-1], root]        # the deepest first, so nothing is left to start more
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess): p.kill()
+    psutil.wait_procs(procs, timeout=10)
+    return len(procs)
+
+def _wait(proc: subprocess.Popen, control: JobControl, poll: float = 0.25) -> str | None:
+    "Wait for `proc` to end; if `control` says stop first, kill its tree and say why."
+    try:
+        while proc.poll() is None:
+            if reason := control.stop_reason():
+                kill_tree(proc.pid)
+                proc.wait()
+                return reason
+            with contextlib.suppress(subprocess.TimeoutExpired): proc.wait(poll)
+    except BaseException:            # Ctrl-C or a crash of the caller: never leave the notebook running
+        kill_tree(proc.pid)
+        raise
+    return None
+
 def execute_notebook(notebook: Path, output: Path, parameters: dict, settings: Settings | None = None,
-                     echo: bool = False, timeout: float | None = None) -> Path:
+                     echo: bool = False, control: JobControl | None = None) -> Path:
     "Run `notebook` with `parameters` in a Papermill child process into `output` (log beside it), then render it as HTML."
     s = settings or get_settings()
+    control = control or JobControl(s.job_timeout_minutes)
     output.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(output), "-y", json.dumps(parameters),
            "--cwd", str(notebook.parent), "--log-level", "WARNING"]
-    env = {**os.environ, **s.as_env(), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        _relay(proc, output.with_suffix(".log"), echo)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        proc.kill()
-        raise JobFailed(f"{notebook.name} did not finish within {timeout:.0f} s (executed notebook: {output})") from e
+    proc = subprocess.Popen(cmd, env=child_env(s), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    relay = threading.Thread(target=_relay, args=(proc, output.with_suffix(".log"), echo), daemon=True)
+    relay.start()
+    stopped = _wait(proc, control)
+    relay.join(10)
+    if stopped: raise JobStopped(f"{notebook.name} was stopped because {stopped} (executed notebook: {output})")
     if output.is_file(): render_html(output)
     if proc.returncode != 0:
         raise JobFailed(f"{notebook.name} failed: {notebook_error(output) or f'exit status {proc.returncode}'} "
@@ -102,24 +164,29 @@ def render_html(notebook: Path) -> Path:
     return out
 
 # %% ../nbs/12_jobs.ipynb #0e761bff
-QUERY_PATTERN = r"^[\w\s.<>=!&|()'\"-]*$"     # column names, numbers, quoted words, comparisons: no calls, no attributes of objects
+HEX12 = r"^[0-9a-f]{12}$"
+
+def production_rows_path(version: str, settings: Settings) -> Path:
+    "Where the labelled production rows of content version `version` are (written by `write_production_rows`)."
+    return settings.data_dir / "production" / f"production-{version}.parquet"
 
 class TrainingParams(BaseModel):
     "Parameters of the training pipeline notebook (see its parameters cell)."
     model_config = ConfigDict(extra="forbid")
     data_version: str = Field("latest", pattern=r"^(latest|[0-9a-f]{12})$", description="A snapshot version or 'latest'")
-    candidates: str = Field("logreg,hgb,lightgbm", description="Comma-separated families for the leaderboard")
+    candidates: str = Field("logreg,hgb,lightgbm", max_length=100, description="Comma-separated families for the leaderboard")
     model_family: str = Field("auto", description="'auto' (the leaderboard's best) or a family")
     n_trials: int = Field(20, ge=0, le=500, description="Optuna trials (0: no tuning)")
-    tune_timeout: int = Field(0, ge=0, description="Tuning time limit in seconds (0: none; a limit breaks reproducibility)")
+    tune_timeout: int = Field(0, ge=0, le=86_400, description="Tuning time limit in seconds (0: none; a limit breaks reproducibility)")
     cv_folds: int = Field(5, ge=2, le=10)
-    seed: int = 42
-    params_override: str = Field("{}", description="JSON object of fixed hyperparameters (skips tuning)")
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    params_override: dict = Field(default_factory=dict, description="Fixed hyperparameters of model_family, within its ranges (skips tuning)")
     register: bool = True
     promote: bool = True
-    extra_train_path: str = Field("", description="Parquet of extra labelled rows to train on (needs evidence='holdout')")
-    train_query: str = Field("", max_length=200, pattern=QUERY_PATTERN, description="pandas query selecting training rows, e.g. 'age <= 35'")
-    eval_query: str = Field("", max_length=200, pattern=QUERY_PATTERN, description="pandas query selecting the held-out rows evaluated on")
+    production_data_version: str = Field("", pattern=r"^([0-9a-f]{12})?$", description="Labelled production rows to add (a version "
+                                         "written by the monitoring's retraining; needs evidence='holdout')")
+    train_filter: list[Condition] = Field(default_factory=list, max_length=20, description="Conditions the training rows must meet (all of them)")
+    eval_filter: list[Condition] = Field(default_factory=list, max_length=20, description="Conditions the held-out rows evaluated on must meet")
     evidence: Literal["test", "holdout"] = Field("test", description="Held-out rows: all of adult.test, or its frozen gate half")
 
     @field_validator("candidates")
@@ -127,7 +194,7 @@ class TrainingParams(BaseModel):
     def _known_candidates(cls, v: str) -> str:
         names = [f.strip() for f in v.split(",") if f.strip()]
         if not names or (bad := sorted(set(names) - set(FAMILIES))):
-            raise ValueError(f"candidates must name families from {', '.join(FAMILIES)}" + (f"; unknown: {', '.join(bad)}" if names else ""))
+            raise ValueError(f"candidates must name families from {', '.join(FAMILIES)}" + (f"; {len(bad)} unknown" if names else ""))
         return ",".join(names)
 
     @field_validator("model_family")
@@ -138,16 +205,23 @@ class TrainingParams(BaseModel):
 
     @field_validator("params_override")
     @classmethod
-    def _json_object(cls, v: str) -> str:
-        try: ok = isinstance(json.loads(v or "{}"), dict)
-        except json.JSONDecodeError: ok = False
-        if not ok: raise ValueError("params_override must be a JSON object, e.g. {\"n_estimators\": 50}")
-        return v or "{}"
+    def _declared_hyperparameters(cls, v: dict, info: ValidationInfo) -> dict:
+        family = info.data.get("model_family")
+        if not v or family is None: return v
+        if family == "auto": raise ValueError("params_override needs model_family to name a family (its hyperparameters differ)")
+        return HYPERPARAMETERS[family].model_validate(v).model_dump(exclude_unset=True)   # names each unknown or out-of-range one
+
+    def as_notebook_parameters(self) -> dict:
+        "These parameters as the notebook's parameters cell takes them (plain JSON values)."
+        return self.model_dump(mode="json")
 
 # %% ../nbs/12_jobs.ipynb #05d977e6
-def run_training(params: TrainingParams | None = None, settings: Settings | None = None, echo: bool = False) -> dict:
-    "Run the training pipeline notebook; the run's summary (run id, metrics, model version, promotion decision, paths)."
+def run_training(params: TrainingParams | None = None, settings: Settings | None = None, echo: bool = False,
+                 control: JobControl | None = None, job_id: str = "") -> dict:
+    "Run the training pipeline notebook (as job `job_id`, if given); the run's summary (run id, metrics, model version, decision, paths)."
     s, params = settings or get_settings(), params or TrainingParams()
+    if params.production_data_version and not production_rows_path(params.production_data_version, s).is_file():
+        raise IncomeOpsError(f"there are no production rows of version {params.production_data_version} in this project")
     experiment_id = use_tracking(s)
     client = mlflow.MlflowClient()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -156,7 +230,8 @@ def run_training(params: TrainingParams | None = None, settings: Settings | None
     run_id = run.info.run_id
     executed = s.reports_dir / "runs" / f"{stamp}-{run_id[:8]}.ipynb"
     log.info("training run %s: executed notebook -> %s", run_id, executed)
-    try: execute_notebook(s.notebooks_dir / "pipelines" / "train.ipynb", executed, {**params.model_dump(), "run_id": run_id}, s, echo)
+    parameters = {**params.as_notebook_parameters(), "run_id": run_id, "job_id": job_id}
+    try: execute_notebook(s.notebooks_dir / "pipelines" / "train.ipynb", executed, parameters, s, echo, control)
     except JobFailed:
         _attach_notebook(client, run_id, executed)
         client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
@@ -177,10 +252,75 @@ def run_profile(mode: Literal["minimal", "explorative"] = "explorative", setting
     return execute_notebook(s.notebooks_dir / "03_exploration.ipynb", s.reports_dir / "exploration.ipynb",
                             {"profile_mode": mode, "reports_dir": str(s.reports_dir)}, s, echo)
 
-# %% ../nbs/12_jobs.ipynb #79093040
+# %% ../nbs/12_jobs.ipynb #1f8bda16
 class JobConflict(IncomeOpsError):
-    "A job of the same kind is already queued or running."
+    "A job of the same kind is already queued or running, or the job asked for has already ended."
 
+class JobNotFound(IncomeOpsError):
+    "No job has the id asked for."
+
+_lease_metadata = sa.MetaData()
+leases_table = sa.Table("incomeops_job_leases", _lease_metadata,
+    sa.Column("job_id", sa.String(12), primary_key=True),
+    sa.Column("renewed_at", Timestamp, nullable=False))
+
+def _leases(store: Store) -> sa.Table:
+    "The lease table, created in `store`'s database on first use."
+    _lease_metadata.create_all(store.engine)
+    return leases_table
+
+def renew_lease(store: Store, job_id: str) -> None:
+    "Record that job `job_id`'s runner is alive now."
+    table, now = _leases(store), datetime.now(UTC)
+    with store.engine.begin() as conn:
+        if not conn.execute(table.update().where(table.c.job_id == job_id).values(renewed_at=now)).rowcount:
+            conn.execute(table.insert().values(job_id=job_id, renewed_at=now))
+
+def _as_utc(t: datetime) -> datetime: return t.replace(tzinfo=UTC) if t.utcoffset() is None else t
+
+def why_not_live(store: Store, job_id: str, lease_seconds: float) -> str | None:
+    "Why job `job_id` may no longer change anything (ended, or its runner's lease ran out), or None if it is the live job."
+    job = store.get_job(job_id)
+    if job is None: return f"there is no job {job_id}"
+    if job["status"] != "running": return f"job {job_id} is {job['status']}"
+    table = _leases(store)
+    with store.engine.connect() as conn: renewed = conn.scalar(sa.select(table.c.renewed_at).where(table.c.job_id == job_id))
+    age = None if renewed is None else (datetime.now(UTC) - _as_utc(renewed)).total_seconds()
+    if age is None or age > lease_seconds:
+        return f"the runner of job {job_id} has not renewed its lease for over {lease_seconds:g} s: the process that ran it is gone"
+    return None
+
+def ensure_job_live(job_id: str, settings: Settings | None = None) -> None:
+    "In a job's notebook, before it registers or promotes: `JobStopped` unless job `job_id` is still the live one ('': not a job)."
+    if not job_id: return
+    s = settings or get_settings()
+    with Store.from_settings(s) as store: reason = why_not_live(store, job_id, s.job_lease_seconds)
+    if reason: raise JobStopped(f"this run registers and promotes nothing: {reason}")
+
+def watch_job(job_id: str, settings: Settings | None = None, on_lost: Callable[[str], object] | None = None) -> threading.Thread | None:
+    "In a job's notebook: a daemon thread that calls `on_lost(reason)` (default: end this process) once the job is no longer live."
+    if not job_id: return None
+    s = settings or get_settings()
+    def end(reason: str):
+        log.error("job %s: stopping this run: %s", job_id, reason)
+        os._exit(3)
+    def watch():
+        with Store.from_settings(s) as store:
+            while True:
+                time.sleep(s.job_lease_seconds / 3)
+                try: reason = why_not_live(store, job_id, s.job_lease_seconds)
+                except Exception: continue                   # a database hiccup is no reason to end a healthy run
+                if reason: return (on_lost or end)(reason)
+    thread = threading.Thread(target=watch, name=f"watch-job-{job_id}", daemon=True)
+    thread.start()
+    return thread
+
+def finish_job(store: Store, job_id: str, **fields) -> bool:
+    "Set job `job_id`'s final `fields` (status, finished_at, outcome, error) if it is still queued or running; whether it was."
+    q = jobs_table.update().where(jobs_table.c.id == job_id, jobs_table.c.status.in_(ACTIVE_STATUSES)).values(**fields)
+    with store.engine.begin() as conn: return bool(conn.execute(q).rowcount)
+
+# %% ../nbs/12_jobs.ipynb #13473b95
 def live_performance(store, served) -> dict:
     "Volume of the prediction log and, on the rows with feedback, the served model's metrics at its threshold."
     labelled = store.predictions(labelled_only=True)
@@ -219,55 +359,86 @@ def summarise_predictions(store, served, hours: int = 24) -> dict:
     else: out["volume"] = []
     return out
 
+# %% ../nbs/12_jobs.ipynb #62281472
 class JobRunner:
     "Starts jobs in background threads and records them in `store`; at most one job of each kind at a time."
     def __init__(self, store, settings: Settings | None = None, on_promotion: Callable[[], object] | None = None):
         self.store, self.settings, self.on_promotion = store, settings or get_settings(), on_promotion
         self._starting = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
+        self._controls: dict[str, JobControl] = {}
 
-    def submit(self, kind: str, params: dict, work: Callable[[], dict]) -> dict:
-        "Record a job of `kind` and run `work` (returning the outcome) in a thread; `JobConflict` if one is active."
+    def submit(self, kind: str, params: dict, work: Callable[[JobControl, str], dict]) -> dict:
+        "Record a job of `kind` and run `work(control, job_id)` (returning the outcome) in a thread; `JobConflict` if one is active."
         with self._starting:
             if active := self.store.running_job(kind):
                 raise JobConflict(f"a {kind} job is already {active['status']} (job {active['id']}); try again when it has finished")
             job = self.store.create_job(kind, params)
-            thread = threading.Thread(target=self._run, args=(job["id"], work), name=f"job-{job['id']}", daemon=True)
+            control = self._controls[job["id"]] = JobControl(self.settings.job_timeout_minutes)
+            thread = threading.Thread(target=self._run, args=(job["id"], work, control), name=f"job-{job['id']}", daemon=True)
             self._threads[job["id"]] = thread
             thread.start()
         return job
 
-    def _run(self, job_id: str, work: Callable[[], dict]) -> None:
-        "Run `work`, recording start, end, outcome or error."
+    def _keep_lease(self, job_id: str, done: threading.Event) -> None:
+        "Renew job `job_id`'s lease every third of `job_lease_seconds` until `done`."
+        while True:
+            try: renew_lease(self.store, job_id)
+            except Exception as e: log.warning("job %s: could not renew its lease: %s", job_id, e)
+            if done.wait(self.settings.job_lease_seconds / 3): return
+
+    def _run(self, job_id: str, work: Callable[[JobControl, str], dict], control: JobControl) -> None:
+        "Run `work`, recording start, end, outcome or error; a job cancelled meanwhile keeps its cancellation."
+        renew_lease(self.store, job_id)
         self.store.update_job(job_id, status="running", started_at=datetime.now(UTC))
-        try: outcome = work()
+        done = threading.Event()
+        threading.Thread(target=self._keep_lease, args=(job_id, done), name=f"lease-{job_id}", daemon=True).start()
+        try: outcome, error = work(control, job_id), None
         except Exception as e:
-            error = str(e) if isinstance(e, IncomeOpsError) else f"{type(e).__name__}: {e}"
+            outcome, error = None, str(e) if isinstance(e, IncomeOpsError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, IncomeOpsError): log.exception("job %s crashed", job_id)
-            self.store.update_job(job_id, status="failed", finished_at=datetime.now(UTC), error=error)
-        else: self.store.update_job(job_id, status="succeeded", finished_at=datetime.now(UTC), outcome=outcome)
+        finally: done.set()
+        status = "cancelled" if control.cancelled.is_set() else "failed" if error else "succeeded"
+        try: finish_job(self.store, job_id, status=status, finished_at=datetime.now(UTC), outcome=outcome, error=error)
+        except Exception as e:       # e.g. an outcome that is not JSON: the job still ends, as failed
+            log.exception("job %s: recording its end failed", job_id)
+            finish_job(self.store, job_id, status="failed", finished_at=datetime.now(UTC), error=f"recording the outcome failed: {type(e).__name__}")
+        self._controls.pop(job_id, None)
 
     def wait(self, job_id: str, timeout: float | None = None) -> dict:
         "The job's record once its thread has ended (or `timeout` passed)."
         if thread := self._threads.get(job_id): thread.join(timeout)
         return self.store.get_job(job_id)
 
+    def cancel(self, job_id: str, timeout: float = 30) -> dict:
+        "Cancel a queued or running job: recorded at once, its notebook killed (here, or by its own watchdog elsewhere); the job."
+        job = self.store.get_job(job_id)
+        if job is None: raise JobNotFound(f"no job has id {job_id}")
+        if not finish_job(self.store, job_id, status="cancelled", finished_at=datetime.now(UTC), error="cancelled on request"):
+            raise JobConflict(f"job {job_id} has already ended ({self.store.get_job(job_id)['status']}); only queued or running jobs can be cancelled")
+        if control := self._controls.get(job_id):
+            control.cancelled.set()
+            self.wait(job_id, timeout)
+        return self.store.get_job(job_id)
+
     def train(self, params: TrainingParams | None = None) -> dict:
         "Start the training notebook; after a promotion, call `on_promotion`."
         params = params or TrainingParams()
+        if params.production_data_version and not production_rows_path(params.production_data_version, self.settings).is_file():
+            raise IncomeOpsError(f"there are no production rows of version {params.production_data_version} in this project")
         if active := self.store.running_job("retrain"):
             raise JobConflict(f"a retraining job is {active['status']} (job {active['id']}); try again when it has finished")
-        def work() -> dict:
-            summary = run_training(params, self.settings)
+        def work(control: JobControl, job_id: str) -> dict:
+            summary = run_training(params, self.settings, control=control, job_id=job_id)
             promoted = summary.get("decision") == "promoted"
             if promoted and self.on_promotion: self.on_promotion()
             keep = ("run_id", "model_version", "decision", "dataset_version", "family", "threshold", "test", "notebook", "notebook_html")
             return {**{k: summary.get(k) for k in keep}, "promoted": promoted}
-        return self.submit("train", params.model_dump(), work)
+        return self.submit("train", params.as_notebook_parameters(), work)
 
     def monitor(self, holder=None) -> dict:
         "Start a monitoring check of the served champion: alerts for its alarms, and a retraining if they ask for one."
-        def work() -> dict:
+        def work(control: JobControl, job_id: str) -> dict:
             served = holder.current if holder else None
             if served is None: raise IncomeOpsError("no champion is being served, so there is nothing to monitor")
             verdict, report = run_monitoring(self.store, served, self.settings)
@@ -299,11 +470,12 @@ class JobRunner:
 
     def retrain(self, served, reason: str = "asked for") -> dict:
         "Start retraining `served`'s configuration on the training data plus the labelled production rows; a failure raises an alert."
-        def work() -> dict:
-            try: return retrain_champion(self.store, served, self.settings, self.on_promotion)
+        def work(control: JobControl, job_id: str) -> dict:
+            try: return retrain_champion(self.store, served, self.settings, self.on_promotion, control=control, job_id=job_id)
             except Exception as e:
                 detail = str(e) if isinstance(e, IncomeOpsError) else f"{type(e).__name__}: {e}"
-                self.store.add_alert("retrain_failed", f"retraining failed and version {served.version} keeps serving: {detail}",
+                kind = "unsafe_config" if isinstance(e, UnsafeQueryError) else "retrain_failed"
+                self.store.add_alert(kind, f"retraining failed and version {served.version} keeps serving: {detail}",
                                      {"model_version": served.version})
                 raise
         if active := self.store.running_job("train"):
@@ -356,12 +528,22 @@ def record_alarms(store, verdict: Verdict, version: str, cooldown_minutes: float
             for a in verdict.alarms if a.kind not in raised]
 
 # %% ../nbs/12_jobs.ipynb #d3cff911
-def retraining_params(config: dict, extra_train_path: Path, settings: Settings) -> TrainingParams:
-    "The champion's configuration, trained again with the production rows added and judged on the frozen holdout."
-    return TrainingParams(candidates=config["family"], model_family=config["family"], n_trials=0,
-                          params_override=json.dumps(config.get("params") or {}), seed=settings.seed,
-                          train_query=config.get("train_query", ""), eval_query="", evidence="holdout",
-                          extra_train_path=str(extra_train_path))
+def stored_filter(config: dict, name: str = "train") -> list[dict]:
+    "A stored configuration's `{name}_filter`, checked again; an old `{name}_query` string only if it is a plain comparison."
+    if f"{name}_filter" in config:
+        try: return [c.model_dump() for c in RowFilter.validate_python(config[f"{name}_filter"] or [])]
+        except ValidationError: raise UnsafeQueryError(f"the stored {name}_filter is not a valid row filter; it was not applied") from None
+    return legacy_filter(config.get(f"{name}_query"))
+
+def retraining_params(config: dict, production_data_version: str, settings: Settings) -> TrainingParams:
+    "The champion's configuration, checked again, trained with the production rows added and judged on the frozen holdout."
+    try:
+        return TrainingParams(candidates=config["family"], model_family=config["family"], n_trials=0, params_override=config.get("params") or {},
+                              seed=settings.seed, train_filter=stored_filter(config), evidence="holdout",
+                              production_data_version=production_data_version)
+    except ValidationError as e:
+        first = validation_problems(e.errors(include_input=False))[0]
+        raise IncomeOpsError(f"the champion's stored configuration is not valid training parameters ({first['field']}: {first['problem']})") from None
 
 def compare_on_recent(recent: pd.DataFrame, versions: dict[str, str], settings: Settings) -> dict | None:
     "ROC AUC of each registered model version (name -> version) on the `recent` labelled rows; None if too few."
@@ -371,13 +553,15 @@ def compare_on_recent(recent: pd.DataFrame, versions: dict[str, str], settings: 
               for name, v in versions.items()}
     return {"rows": len(recent), **scores}
 
-def retrain_champion(store, served, settings: Settings, on_promotion: Callable[[], object] | None = None) -> dict:
+def retrain_champion(store, served, settings: Settings, on_promotion: Callable[[], object] | None = None,
+                     control: JobControl | None = None, job_id: str = "") -> dict:
     "Retrain the served model on the training data plus labelled production rows; promote through the gate; the outcome."
     _, _, config = champion_reference(served, settings)
+    stored_filter(config)                                   # an unsafe stored configuration is refused before any work
     older, recent = split_recent(store.predictions(labelled_only=True), settings.retrain_recent_share)
     if older.empty: raise IncomeOpsError("there are no labelled predictions to retrain on")
-    path, data_version = write_production_rows(labelled_training_rows(older), settings.data_dir / "production")
-    summary = run_training(retraining_params(config, path, settings), settings)
+    _, data_version = write_production_rows(labelled_training_rows(older), settings.data_dir / "production")
+    summary = run_training(retraining_params(config, data_version, settings), settings, control=control, job_id=job_id)
     promoted = summary.get("decision") == "promoted"
     new = summary.get("model_version")
     if promoted:

@@ -12,12 +12,14 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
+from typing import Annotated
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -31,8 +33,9 @@ from .config import IncomeOpsError, Settings, get_settings
 from .features import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS, one_hot_encoder, ordinal_encoder
 
 # %% auto #0
-__all__ = ['log', 'DEFAULT_PARAMS', 'FAMILIES', 'SIGNATURE', 'make_model', 'CVResult', 'folds_of', 'cross_validate',
-           'leaderboard', 'use_tracking', 'git_state', 'log_dataset', 'log_model']
+__all__ = ['log', 'DEFAULT_PARAMS', 'FAMILIES', 'PARAM_RANGES', 'HYPERPARAMETERS', 'SIGNATURE', 'make_model', 'checked_params',
+           'CVResult', 'folds_of', 'cross_validate', 'leaderboard', 'use_tracking', 'git_state', 'log_dataset',
+           'log_model']
 
 # %% ../nbs/05_training.ipynb #754272a9
 log = logging.getLogger(__name__)
@@ -72,6 +75,32 @@ def make_model(family: str, params: dict | None = None, seed: int = 42) -> Pipel
     steps = [("encode", encoder)]
     if family == "catboost": steps.append(("as_int", FunctionTransformer(_codes_as_ints)))
     return Pipeline([*steps, ("classify", _classifier(family, params or {}, seed))])
+
+# %% ../nbs/05_training.ipynb #61d499ac
+PARAM_RANGES: dict[str, dict[str, tuple[type, float, float]]] = {   # family -> name -> (type, lowest, highest)
+    "logreg": {"C": (float, 1e-4, 1e4)},
+    "hgb": {"learning_rate": (float, 1e-3, 1.0), "max_iter": (int, 1, 2000), "max_leaf_nodes": (int, 2, 256),
+            "min_samples_leaf": (int, 1, 1000), "l2_regularization": (float, 0.0, 100.0)},
+    "lightgbm": {"learning_rate": (float, 1e-3, 1.0), "n_estimators": (int, 1, 2000), "num_leaves": (int, 2, 256),
+                 "min_child_samples": (int, 1, 1000), "colsample_bytree": (float, 0.1, 1.0), "subsample": (float, 0.1, 1.0),
+                 "reg_lambda": (float, 0.0, 100.0)},
+    "catboost": {"iterations": (int, 1, 3000), "learning_rate": (float, 1e-3, 1.0), "depth": (int, 1, 10), "l2_leaf_reg": (float, 0.0, 100.0)},
+}
+
+def _hyperparameter_field(kind: type, lo: float, hi: float):
+    "An optional field of `kind` within [lo, hi]; whole numbers only where `kind` is int (never booleans)."
+    annotation = Annotated[int, Field(strict=True, ge=lo, le=hi)] if kind is int else Annotated[float, Field(ge=lo, le=hi, allow_inf_nan=False)]
+    return (annotation | None, None)
+
+HYPERPARAMETERS: dict[str, type[BaseModel]] = {
+    family: create_model(f"{family.capitalize()}Hyperparameters", __config__=ConfigDict(extra="forbid", strict=False),
+                         **{name: _hyperparameter_field(*spec) for name, spec in ranges.items()})
+    for family, ranges in PARAM_RANGES.items()}
+
+def checked_params(family: str, params: dict) -> dict:
+    "`params` if every one is a hyperparameter of `family` within its range (pydantic's `ValidationError` names the first that is not)."
+    if family not in HYPERPARAMETERS: raise IncomeOpsError(f"unknown model family {family!r}; choose from {', '.join(FAMILIES)}")
+    return HYPERPARAMETERS[family].model_validate(params).model_dump(exclude_unset=True)
 
 # %% ../nbs/05_training.ipynb #b8ed805e
 @dataclass
