@@ -13,23 +13,26 @@ import numbers
 import re
 import secrets
 import threading
+from collections import Counter, deque
+from concurrent.futures import Future
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from .config import IncomeOpsError, Settings, get_settings
 
 # %% auto #0
-__all__ = ['log', 'metadata', 'Timestamp', 'predictions_table', 'feedback_table', 'jobs_table', 'alerts_table', 'SQLITE_PRAGMAS',
-           'DRIVERS', 'PREDICTION_FIELDS', 'PREDICTION_COLUMNS', 'FEEDBACK_COLUMNS', 'JOB_STATUSES', 'ACTIVE_STATUSES',
-           'JOB_FIELDS', 'INTERRUPTED', 'StoreError', 'DuplicatePredictionError', 'make_engine', 'Store',
-           'PredictionLog']
+__all__ = ['log', 'metadata', 'Timestamp', 'predictions_table', 'feedback_table', 'hours_table', 'labelled_table', 'jobs_table',
+           'alerts_table', 'SQLITE_PRAGMAS', 'DRIVERS', 'PREDICTION_FIELDS', 'PREDICTION_COLUMNS', 'FEEDBACK_COLUMNS',
+           'JOB_STATUSES', 'ACTIVE_STATUSES', 'JOB_FIELDS', 'INTERRUPTED', 'UPSERTS', 'HOUR_COUNTERS', 'StoreError',
+           'DuplicatePredictionError', 'make_engine', 'Store', 'LogUnavailable', 'PredictionLog']
 
 # %% ../nbs/10_store.ipynb #bc75df26
 log = logging.getLogger(__name__)
@@ -55,7 +58,21 @@ predictions_table = sa.Table("incomeops_predictions", metadata,
 feedback_table = sa.Table("incomeops_feedback", metadata,
     sa.Column("prediction_id", sa.String(32), sa.ForeignKey(predictions_table.c.prediction_id), primary_key=True),
     sa.Column("true_label", sa.SmallInteger, nullable=False),
-    sa.Column("feedback_at", Timestamp, nullable=False))
+    sa.Column("feedback_at", Timestamp, nullable=False, index=True))  # labels_since counts a partial hour through it
+
+hours_table = sa.Table("incomeops_prediction_hours", metadata,      # summary: kept by the writes, never edited
+    sa.Column("hour", Timestamp, primary_key=True),                  # start of the hour, UTC
+    sa.Column("label", sa.SmallInteger, primary_key=True),           # the predicted label
+    sa.Column("predictions", sa.Integer, nullable=False),            # predictions made in this hour
+    sa.Column("labelled", sa.Integer, nullable=False),               # ... of which have feedback by now
+    sa.Column("feedback", sa.Integer, nullable=False))               # labels that arrived in this hour
+
+labelled_table = sa.Table("incomeops_labelled_predictions", metadata,   # summary: one row per stored label
+    sa.Column("prediction_id", sa.String(32), primary_key=True),
+    sa.Column("created_at", Timestamp, nullable=False),              # when the prediction was made
+    sa.Column("probability", sa.Float, nullable=False),
+    sa.Column("true_label", sa.SmallInteger, nullable=False),
+    sa.Index("ix_incomeops_labelled_predictions_newest", "created_at", "prediction_id"))
 
 jobs_table = sa.Table("incomeops_jobs", metadata,
     sa.Column("id", sa.String(12), primary_key=True),
@@ -254,13 +271,111 @@ def _ids_in(conn: sa.Connection, table: sa.Table, ids, chunk: int = 500) -> set[
         found.update(conn.scalars(sa.select(table.c.prediction_id).where(table.c.prediction_id.in_(ids[i:i + chunk]))))
     return found
 
+# %% ../nbs/10_store.ipynb #6225587c
+UPSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}   # the dialects IncomeOps supports, and their upsert
+HOUR_COUNTERS = ("predictions", "labelled", "feedback")
+
+def _hour(t: datetime) -> datetime:
+    "The start of the UTC hour holding `t`."
+    return t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+def _hour_rows(**cells) -> list[dict]:
+    "Rows for `_add_to_hours`: for each counter, the `(hour, label)` cells that add one to it; sorted by hour and label."
+    counts = {}
+    for counter, keys in cells.items():
+        for key, n in Counter(keys).items(): counts.setdefault(key, dict.fromkeys(HOUR_COUNTERS, 0))[counter] = n
+    return [{"hour": hour, "label": label, **c} for (hour, label), c in sorted(counts.items())]
+
+def _upsert(conn: sa.Connection, table: sa.Table):
+    "An INSERT into `table` in `conn`'s dialect that can take `on_conflict_do_update`."
+    return UPSERTS[conn.dialect.name](table)
+
+def _add_to_hours(conn: sa.Connection, rows: list[dict]) -> None:
+    "Add the counters of `rows` (from `_hour_rows`) to the hours table, inserting the hours not there yet."
+    if not rows: return
+    stmt = _upsert(conn, hours_table)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["hour", "label"],
+                                            set_={c: hours_table.c[c] + stmt.excluded[c] for c in HOUR_COUNTERS}), rows)
+
+def _write_predictions(conn: sa.Connection, rows: list[dict]) -> None:
+    "Insert prediction `rows` (checked) and count them by hour, in `conn`'s transaction."
+    conn.execute(predictions_table.insert(), rows)
+    _add_to_hours(conn, _hour_rows(predictions=[(_hour(r["created_at"]), r["label"]) for r in rows]))
+
+def _write_feedback(conn: sa.Connection, rows: list[dict], made: dict[str, dict]) -> None:
+    "Insert feedback `rows`, their labelled predictions and their counts, in `conn`'s transaction; `made`: each id's prediction (`_made`)."
+    conn.execute(feedback_table.insert(), rows)
+    preds = [made[r["prediction_id"]] for r in rows]
+    conn.execute(labelled_table.insert(), [{"prediction_id": r["prediction_id"], "created_at": p["created_at"], "probability": p["probability"],
+                                            "true_label": r["true_label"]} for r, p in zip(rows, preds)])
+    _add_to_hours(conn, _hour_rows(labelled=[(_hour(p["created_at"]), p["label"]) for p in preds],
+                                   feedback=[(_hour(r["feedback_at"]), p["label"]) for r, p in zip(rows, preds)]))
+
+def _made(conn: sa.Connection, ids, chunk: int = 500) -> dict[str, dict]:
+    "For the stored predictions among `ids`: when each was made, its probability and predicted label (`chunk` ids per query)."
+    p, ids, out = predictions_table, list(ids), {}
+    for i in range(0, len(ids), chunk):
+        q = sa.select(p.c.prediction_id, p.c.created_at, p.c.probability, p.c.label).where(p.c.prediction_id.in_(ids[i:i + chunk]))
+        out.update({r.prediction_id: {"created_at": _from_db(r.created_at), "probability": r.probability, "label": r.label} for r in conn.execute(q)})
+    return out
+
+# %% ../nbs/10_store.ipynb #fe74bccb
+def _hour_sql(column, dialect: str):
+    "SQL for the start of the UTC hour of timestamp `column`, as `_hour` values are stored (SQLite: SQLAlchemy's text format)."
+    const = lambda text: sa.literal_column(f"'{text}'")        # literals, not parameters: GROUP BY must see the same expression
+    if dialect == "sqlite": return sa.func.strftime(const("%Y-%m-%d %H:00:00.000000"), column)
+    return sa.func.timezone(const("UTC"), sa.func.date_trunc(const("hour"), sa.func.timezone(const("UTC"), column)))
+
+def _empty(conn: sa.Connection, table: sa.Table) -> bool:
+    "Whether `table` has no rows (a one-row probe, not a count)."
+    return conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1)).first() is None
+
+def _summaries_missing(conn: sa.Connection) -> tuple[bool, bool]:
+    "Whether the hours table, and the labelled table, are empty while predictions, and feedback, exist."
+    return (_empty(conn, hours_table) and not _empty(conn, predictions_table),
+            _empty(conn, labelled_table) and not _empty(conn, feedback_table))
+
+def _fill_hours(conn: sa.Connection) -> None:
+    "Fill the empty hours table from the predictions and feedback tables."
+    p, f, h, cols = predictions_table, feedback_table, hours_table, ["hour", "label", *HOUR_COUNTERS]
+    made, arrived = _hour_sql(p.c.created_at, conn.dialect.name), _hour_sql(f.c.feedback_at, conn.dialect.name)
+    conn.execute(h.insert().from_select(cols, sa.select(made, p.c.label, sa.func.count(), sa.func.count(f.c.prediction_id), sa.literal(0))
+                                        .select_from(p.outerjoin(f)).group_by(made, p.c.label)))
+    stmt = _upsert(conn, h).from_select(cols, sa.select(arrived, p.c.label, sa.literal(0), sa.literal(0), sa.func.count())
+                                        .select_from(f.join(p)).where(sa.true()).group_by(arrived, p.c.label))   # SQLite's upsert wants a WHERE
+    conn.execute(stmt.on_conflict_do_update(index_elements=["hour", "label"], set_={"feedback": h.c.feedback + stmt.excluded.feedback}))
+
+def _fill_labelled(conn: sa.Connection) -> None:
+    "Fill the empty labelled table from the feedback joined to its predictions."
+    p, f = predictions_table, feedback_table
+    conn.execute(labelled_table.insert().from_select(["prediction_id", "created_at", "probability", "true_label"],
+                 sa.select(f.c.prediction_id, p.c.created_at, p.c.probability, f.c.true_label).select_from(f.join(p))))
+
+@contextmanager
+def _owning_summaries(engine: sa.Engine):
+    "A transaction that holds the summary tables from its first statement (SQLite: the write lock; PostgreSQL: table locks)."
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite": conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else: conn.exec_driver_sql(f"LOCK TABLE {hours_table.name}, {labelled_table.name} IN EXCLUSIVE MODE")
+        yield conn
+        conn.commit()
+
 # %% ../nbs/10_store.ipynb #07640e24
+def _newest_labelled_query(limit: int) -> sa.Select:
+    "The newest `limit` labelled predictions' probability and true label, newest first: the last entries of one index."
+    t = labelled_table
+    return sa.select(t.c.probability, t.c.true_label).order_by(t.c.created_at.desc(), t.c.prediction_id.desc()).limit(limit)
+
 class Store:
     "The service database: prediction log, feedback, jobs and alerts, through SQLAlchemy Core (SQLite or PostgreSQL)."
     def __init__(self, url: str):
         self.engine = make_engine(url)
         self.url = self.engine.url.render_as_string(hide_password=True)
-        try: self._create_tables()
+        try:
+            if self.engine.dialect.name not in UPSERTS:
+                raise StoreError(f"IncomeOps supports sqlite:/// and postgresql:// service databases, not {self.engine.dialect.name}")
+            self._create_tables()
+            self._fill_summaries()
         except BaseException:
             self.engine.dispose()
             raise
@@ -271,12 +386,28 @@ class Store:
         return cls((settings or get_settings()).service_database_url)
 
     def _create_tables(self):
-        "Create the missing tables; a second try covers another process creating them at the same moment."
-        try: metadata.create_all(self.engine)
-        except OperationalError as e: raise StoreError(f"cannot open the service database {self.url}: {_reason(e)}") from e
-        except DBAPIError:
-            try: metadata.create_all(self.engine)
-            except DBAPIError as e: raise StoreError(f"cannot create the tables of the service database {self.url}: {_reason(e)}") from e
+        "Create the missing tables and indexes; a second try covers another process creating them at the same moment."
+        try:
+            with self.engine.connect(): pass
+        except DBAPIError as e: raise StoreError(f"cannot open the service database {self.url}: {_reason(e)}") from e
+        for attempt in (1, 2):
+            try:
+                with self.engine.begin() as conn:
+                    metadata.create_all(conn)
+                    for index in (ix for t in metadata.sorted_tables for ix in t.indexes): index.create(conn, checkfirst=True)
+                return
+            except DBAPIError as e:
+                if attempt == 2: raise StoreError(f"cannot create the tables of the service database {self.url}: {_reason(e)}") from e
+
+    def _fill_summaries(self):
+        "Fill the summary tables once on a database written before them; a process doing it at the same time waits, then finds them full."
+        with self._failing_as("checking the summary tables"), self.engine.connect() as conn:
+            if not any(_summaries_missing(conn)): return
+        with self._failing_as("filling the summary tables"), _owning_summaries(self.engine) as conn:
+            hours, labelled = _summaries_missing(conn)          # again, under the lock
+            if hours: _fill_hours(conn)
+            if labelled: _fill_labelled(conn)
+        if hours or labelled: log.info("filled the summary tables of %s from its predictions and feedback", self.url)
 
     @contextmanager
     def _failing_as(self, doing: str):
@@ -296,16 +427,19 @@ class Store:
         "Write prediction `rows` (checked first, unless `checked` says they were) in one transaction; the number written."
         checked = rows if checked else [_prediction_row(r, i) for i, r in enumerate(rows)]
         if not checked: return 0
-        try:
-            with self.engine.begin() as conn: conn.execute(predictions_table.insert(), checked)
+        try: self._insert_predictions(checked)
         except IntegrityError as e:
             raise DuplicatePredictionError(f"none of {len(checked)} predictions was written: a prediction_id is already stored "
                                            f"or repeated in the batch ({_reason(e)})") from e
         except DBAPIError as e: raise StoreError(f"writing {len(checked)} predictions failed on {self.url}: {_reason(e)}") from e
         return len(checked)
 
+    def _insert_predictions(self, rows: list[dict]) -> None:
+        "Write checked prediction `rows` and their counts in one transaction; errors come out as raised (the log sorts them)."
+        with self.engine.begin() as conn: _write_predictions(conn, rows)
+
     def count_predictions(self) -> int:
-        "How many predictions are stored."
+        "How many predictions are stored (an exact `COUNT(*)`: `prediction_totals` is the cheap one)."
         with self._failing_as("counting predictions"), self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.count()).select_from(predictions_table)).scalar_one()
 
@@ -335,13 +469,45 @@ class Store:
             try:
                 with self.engine.begin() as conn:
                     ids = {pid for pid, _ in checked}
-                    known, labelled = _ids_in(conn, predictions_table, ids), _ids_in(conn, feedback_table, ids)
-                    statuses, rows = _feedback_statuses(checked, known, labelled, datetime.now(UTC))
-                    if rows: conn.execute(feedback_table.insert(), rows)
+                    made, labelled = _made(conn, ids), _ids_in(conn, feedback_table, ids)
+                    statuses, rows = _feedback_statuses(checked, set(made), labelled, datetime.now(UTC))
+                    if rows: _write_feedback(conn, rows, made)
                 return statuses
             except IntegrityError as e:     # feedback for the same prediction committed meanwhile: look again
                 if attempt == 2: raise StoreError(f"recording feedback failed on {self.url}: {_reason(e)}") from e
             except DBAPIError as e: raise StoreError(f"recording feedback failed on {self.url}: {_reason(e)}") from e
+
+    # --- monitoring summary: flat in the size of the log ---
+    def prediction_totals(self) -> dict:
+        "How many predictions are logged (`predictions`) and how many of them have a label (`labelled`)."
+        h = hours_table
+        q = sa.select(sa.func.coalesce(sa.func.sum(h.c.predictions), 0), sa.func.coalesce(sa.func.sum(h.c.labelled), 0))
+        with self._failing_as("counting predictions"), self.engine.connect() as conn: made, labelled = conn.execute(q).one()
+        return {"predictions": int(made), "labelled": int(labelled)}
+
+    def volume_by_hour(self, since: datetime) -> list[dict]:
+        "Predictions per `hour` and predicted `label` (`count`), oldest first, from the hour holding `since` (counted whole) on."
+        h = hours_table
+        q = (sa.select(h.c.hour, h.c.label, h.c.predictions).where(h.c.hour >= _hour(_utc(since, "since")), h.c.predictions > 0)
+             .order_by(h.c.hour, h.c.label))
+        with self._failing_as("reading the volume"), self.engine.connect() as conn:
+            return [{"hour": _from_db(r.hour), "label": int(r.label), "count": int(r.predictions)} for r in conn.execute(q)]
+
+    def newest_labelled(self, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        "Probabilities (float64) and true labels (int64) of the newest `limit` labelled predictions by prediction time, oldest first."
+        if not isinstance(limit, numbers.Integral) or limit < 0: raise StoreError("limit must be a whole number >= 0")
+        with self._failing_as("reading labelled predictions"), self.engine.connect() as conn:
+            rows = conn.execute(_newest_labelled_query(int(limit))).all()[::-1]
+        return np.array([r[0] for r in rows], dtype=np.float64), np.array([r[1] for r in rows], dtype=np.int64)
+
+    def labels_since(self, when: datetime) -> int:
+        "How many labels arrived at or after `when`: whole hours from the hours table, `when`'s own hour through the `feedback_at` index."
+        when, h, f = _utc(when, "when"), hours_table, feedback_table
+        next_hour = _hour(when) + timedelta(hours=1)
+        whole = sa.select(sa.func.coalesce(sa.func.sum(h.c.feedback), 0)).where(h.c.hour >= next_hour)
+        part = sa.select(sa.func.count()).select_from(f).where(f.c.feedback_at >= when, f.c.feedback_at < next_hour)
+        with self._failing_as("counting labels"), self.engine.connect() as conn:
+            return int(conn.execute(whole).scalar_one()) + int(conn.execute(part).scalar_one())
 
     # --- jobs ---
     def _job(self, conn: sa.Connection, job_id: str) -> dict | None:
@@ -405,25 +571,47 @@ class Store:
         with self._failing_as("listing alerts"), self.engine.connect() as conn: return [_alert_dict(r) for r in conn.execute(q)]
 
 # %% ../nbs/10_store.ipynb #95c52ce9
-class PredictionLog:
-    "Batches prediction rows off the request path: `submit` appends to a queue; a daemon thread writes them with `Store.add_predictions`."
-    retry_first, retry_max = 0.1, 5.0        # seconds to wait after a failed write: doubling from the first to the max
+class LogUnavailable(StoreError):
+    "The prediction log takes no rows now (queue full, database failing); try again after `retry_after` seconds."
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after          # whole seconds, for a Retry-After header
 
-    def __init__(self, store: Store, flush_seconds: float = 0.25, batch_size: int = 2000):
-        if not flush_seconds > 0 or batch_size < 1: raise StoreError("the prediction log needs flush_seconds > 0 and batch_size >= 1")
-        self.store, self.flush_seconds, self.batch_size = store, flush_seconds, batch_size
-        self._rows: list[dict] = []          # checked rows waiting for the writer
-        self._cond = threading.Condition()   # guards the counters and the queue; wakes the writer and `flush`
-        self._submitted = self._done = self._flush_to = 0
-        self.written = self.failures = 0
+class _Ticket:
+    "One `submit` call: its future, and how many of its rows are not settled yet."
+    __slots__ = ("future", "left")
+    def __init__(self, future: Future, left: int): self.future, self.left = future, left
+
+class PredictionLog:
+    "Writes prediction rows by group commit off the request path: `submit` returns a future that resolves once they are committed."
+    retry_first, retry_max = 0.1, 5.0           # seconds to wait after a failed write: doubling from the first to the max
+    retry_after_full, retry_after_down = 1, 5   # what `LogUnavailable` advises: a full queue drains in moments, a database takes longer
+
+    def __init__(self, store: Store, *, max_queued: int = 20_000, batch_size: int = 2000):
+        if max_queued < 1 or batch_size < 1: raise StoreError("the prediction log needs max_queued >= 1 and batch_size >= 1")
+        self.store, self.max_queued, self.batch_size = store, max_queued, batch_size
+        self._queue: deque[tuple[dict, _Ticket]] = deque()   # rows waiting for the writer, each with its submit's ticket
+        self._cond = threading.Condition()   # guards the queue, counters and state; wakes the writer and `flush`
+        self._submitted = self._done = 0     # rows queued so far; rows settled (committed, or refused by the database)
+        self.written = self.failures = self.rejected = 0
         self.last_error: str | None = None
+        self._down: str | None = None        # the database's error, from a failed write until the next one succeeds
         self._closed, self._give_up = False, threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def depth(self) -> int:
-        "Rows submitted and not yet written."
+        "Rows submitted and not settled yet (queued or being written)."
         return self._submitted - self._done
+
+    @property
+    def problem(self) -> str | None:
+        "Why the log cannot take rows now (a sentence for /ready), or None."
+        if self._closed: return "the prediction log is closed"
+        if self._down: return f"the service database is not accepting writes: {self._down}"
+        if self.depth >= self.max_queued: return f"the prediction log has {self.depth:,} predictions waiting for the database"
+        if self._thread is None or not self._thread.is_alive(): return "the prediction log's writer is not running"
+        return None
 
     def start(self) -> PredictionLog:
         "Start the writer thread (once)."
@@ -437,33 +625,46 @@ class PredictionLog:
             self._thread = threading.Thread(target=_writer_loop, args=(self,), name="incomeops-prediction-log", daemon=True)
             self._thread.start()
 
-    def submit(self, rows: list[dict], trusted: bool = False) -> None:
-        "Queue prediction `rows` for writing (checked now, unless `trusted`: a bad row raises here); does not wait for the database."
+    def submit(self, rows: list[dict], trusted: bool = False) -> Future:
+        "Queue prediction `rows` (checked now, unless `trusted`); a future: None once they are committed, or a `StoreError`."
         checked = rows if trusted else [_prediction_row(r, i) for i, r in enumerate(rows)]
+        future = Future()
+        future.set_running_or_notify_cancel()        # queued rows are written whatever the caller does: no cancelling
+        if not checked:
+            future.set_result(None)
+            return future
         with self._cond:
-            if self._closed: raise StoreError(f"the prediction log is closed: {len(checked)} prediction(s) not logged")
-            self._rows.extend(checked)
+            self._admit(len(checked))
+            ticket = _Ticket(future, len(checked))
+            self._queue.extend((row, ticket) for row in checked)
             self._submitted += len(checked)
-            if len(self._rows) >= self.batch_size: self._cond.notify_all()
+            self._cond.notify_all()
+        return future
+
+    def _admit(self, n: int) -> None:
+        "Raise unless `n` more rows may queue now (called holding the lock)."
+        if self._closed: raise StoreError(f"the prediction log is closed: {n} prediction(s) not logged")
+        if self._down: raise LogUnavailable(f"the service database is not accepting writes: {self._down}", self.retry_after_down)
+        if self.depth + n > self.max_queued:
+            room = "" if self.depth >= self.max_queued else f", room for {self.max_queued - self.depth:,} more, not {n:,}"
+            raise LogUnavailable(f"the prediction log has {self.depth:,} predictions waiting for the database{room}", self.retry_after_full)
 
     def flush(self, timeout: float = 10) -> None:
-        "Wait until every row submitted before this call is in the database; `StoreError` after `timeout` seconds."
+        "Wait until every row submitted before this call is settled; `StoreError` after `timeout` seconds. (The futures make it rarely needed.)"
         with self._cond:
             target = self._submitted
             if self._done >= target: return
             if self._thread is None or not self._thread.is_alive(): raise StoreError(f"the prediction log is not running: {self.depth} prediction(s) wait")
-            self._flush_to = max(self._flush_to, target)
-            self._cond.notify_all()
             if not self._cond.wait_for(lambda: self._done >= target, timeout):
                 raise StoreError(f"the prediction log could not write {target - self._done} prediction(s) within {timeout:g} s"
                                  + (f" (last error: {self.last_error})" if self.last_error else ""))
 
     def close(self, timeout: float = 30) -> None:
-        "Write everything queued, then stop the writer; after `timeout` seconds give up (logged). Idempotent."
+        "Write everything queued (resolving the futures), then stop; after `timeout` seconds give up, failing the futures left. Idempotent."
         with self._cond:
             if self._closed: return
             self._closed = True
-            if self._rows: self._start_writer()              # never started: drain anyway
+            if self._queue: self._start_writer()              # never started: drain anyway
             self._cond.notify_all()
         if self._thread is None: return
         self._thread.join(timeout)
@@ -474,58 +675,113 @@ class PredictionLog:
 
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.close()
-    def __repr__(self): return f"PredictionLog({self.store.url!r}, depth={self.depth}, written={self.written}, failures={self.failures})"
+    def __repr__(self):
+        return f"PredictionLog({self.store.url!r}, depth={self.depth}, written={self.written}, rejected={self.rejected}, failures={self.failures})"
 
 # %% ../nbs/10_store.ipynb #da0acbbe
-def _batch_due(plog: PredictionLog) -> bool:
-    "The writer should write now: a full batch waits, a flush waits for queued rows, or the log is closing."
-    return plog._closed or len(plog._rows) >= plog.batch_size or (bool(plog._rows) and plog._done < plog._flush_to)
+def _connection_trouble(e: BaseException) -> bool:
+    "Whether `e` (or the database error behind a `StoreError`) is the database failing rather than the rows: worth retrying as is."
+    if isinstance(e, StoreError) and e.__cause__ is not None: e = e.__cause__
+    return isinstance(e, (OperationalError, sa.exc.InterfaceError)) or (isinstance(e, DBAPIError) and e.connection_invalidated)
+
+def _without_values(reason: str) -> str:
+    "`reason` with quoted text after a colon blanked: drivers quote the value they refused there."
+    return re.sub(r"""(:\s*)("[^"]*"|'[^']*')""", r"\1...", reason)
 
 def _writer_loop(plog: PredictionLog) -> None:
-    "The writer thread: write a batch whenever one is due or `flush_seconds` pass, until closed and drained."
-    while not plog._give_up.is_set():
+    "The writer thread: whenever rows wait, write up to `batch_size` of them in one transaction; until closed and drained."
+    while True:
         with plog._cond:
-            plog._cond.wait_for(lambda: _batch_due(plog), timeout=plog.flush_seconds)
-            if plog._closed and not plog._rows: return
-            batch = plog._rows[:plog.batch_size]
-            del plog._rows[:plog.batch_size]
-        if batch and not _write_batch(plog, batch): return
+            plog._cond.wait_for(lambda: plog._queue or plog._closed)
+            if not plog._queue: return
+            items = [plog._queue.popleft() for _ in range(min(len(plog._queue), plog.batch_size))]
+        if not _write(plog, items):
+            _abandon(plog, items)
+            return
 
-def _unstored(plog: PredictionLog, rows: list[dict]) -> tuple[list[dict], int]:
-    "`rows` without those already stored (a write that committed unacknowledged), and the number of ids repeated in `rows`."
-    stored = plog.store._stored_prediction_ids([r["prediction_id"] for r in rows])
-    seen, keep, repeats = set(), [], 0
-    for r in rows:
-        pid = r["prediction_id"]
-        if pid in seen: repeats += 1
-        elif pid not in stored: keep.append(r)
-        seen.add(pid)
-    return keep, repeats
-
-def _write_batch(plog: PredictionLog, batch: list[dict]) -> bool:
-    "Write `batch`, retrying with backoff until it is in; False if `close` gave up first."
-    rows, repeats, delay = batch, 0, plog.retry_first
-    while rows:
-        try:
-            plog.store.add_predictions(rows, checked=True)        # checked by `submit`, or trusted
-            break
-        except DuplicatePredictionError as e:
-            error = e
-            try: fewer, repeated = _unstored(plog, rows)
-            except Exception as lookup: error = lookup
-            else:
-                if len(fewer) < len(rows):     # progress: retry at once with the rows not yet stored
-                    log.warning("prediction log: %d of %d prediction(s) were already stored or repeated; skipped", len(rows) - len(fewer), len(rows))
-                    rows, repeats = fewer, repeats + repeated
-                    continue
-        except Exception as e: error = e
-        plog.failures += 1
-        plog.last_error = f"{type(error).__name__}: {error}"
-        log.error("prediction log: writing %d prediction(s) failed, retrying in %.2g s (%d queued): %s", len(rows), delay, plog.depth, plog.last_error)
-        if plog._give_up.wait(delay): return False
-        delay = min(delay * 2, plog.retry_max)
-    with plog._cond:
-        plog._done += len(batch)
-        plog.written += len(batch) - repeats
-        plog._cond.notify_all()
+def _write(plog: PredictionLog, items: list[tuple[dict, _Ticket]]) -> bool:
+    "Write `items` ((row, ticket) pairs): retried while the database fails, split around rows it refuses; False if `close` gave up."
+    parts, delay = [items], plog.retry_first
+    while parts:
+        part = parts.pop()
+        try: plog.store._insert_predictions([row for row, _ in part])
+        except Exception as error:
+            if not _connection_trouble(error):
+                parts.extend(_split(plog, part, error))
+                continue
+            parts.append(part)
+            if not _pause(plog, error, len(part), delay): return False
+            delay = min(delay * 2, plog.retry_max)
+        else:
+            _settle(plog, part, written=len(part))
+            delay = plog.retry_first
     return True
+
+def _split(plog: PredictionLog, part: list, error: Exception) -> list[list]:
+    "What is left to write of `part`, which the database refused: without ids already stored; nothing if one row (refused); else two halves."
+    with plog._cond: plog.failures, plog.last_error = plog.failures + 1, _without_values(_reason(error))
+    if isinstance(error, IntegrityError):
+        try: fresh, settled, repeats = _unstored(plog, part)
+        except Exception: fresh, settled, repeats = part, [], 0     # the lookup failed too: split anyway
+        if settled:                                                  # a write that committed unacknowledged, or an id given twice
+            log.warning("prediction log: %d of %d prediction(s) were already stored or repeated; skipped", len(settled), len(part))
+            _settle(plog, settled, written=len(settled) - repeats)
+            return [fresh] if fresh else []
+    if len(part) == 1:
+        _reject(plog, part[0], error)
+        return []
+    half = len(part) // 2
+    return [part[half:], part[:half]]                                # the first half is written first
+
+def _unstored(plog: PredictionLog, items: list) -> tuple[list, list, int]:
+    "`items` split into rows not stored yet and rows to settle unwritten (already stored, or an id repeated), and the number repeated."
+    stored = plog.store._stored_prediction_ids([row["prediction_id"] for row, _ in items])
+    seen, fresh, settled, repeats = set(), [], [], 0
+    for item in items:
+        pid = item[0]["prediction_id"]
+        if pid in seen: repeats += 1
+        (settled if pid in seen or pid in stored else fresh).append(item)
+        seen.add(pid)
+    return fresh, settled, repeats
+
+def _settle(plog: PredictionLog, items: list, written: int) -> None:
+    "Count `items` as done (`written` of them new in the database) and resolve the futures whose rows are all settled."
+    finished = []
+    with plog._cond:
+        for _, ticket in items:
+            ticket.left -= 1
+            if ticket.left == 0: finished.append(ticket.future)
+        plog._done += len(items)
+        plog.written += written
+        plog._down = None                            # a write went through: the database takes writes again
+        plog._cond.notify_all()
+    for future in finished:
+        if not future.done(): future.set_result(None)
+
+def _reject(plog: PredictionLog, item: tuple[dict, _Ticket], error: Exception) -> None:
+    "Refuse the one row the database will not store: its future fails, the log names its id (never its values)."
+    row, ticket = item
+    reason = _without_values(_reason(error))
+    log.error("prediction log: the database refused prediction %s, which is not logged: %s",
+              row.get("prediction_id") if isinstance(row, dict) else "(not a dict)", reason)
+    with plog._cond:
+        ticket.left -= 1
+        plog._done, plog.rejected = plog._done + 1, plog.rejected + 1
+        plog._cond.notify_all()
+    if not ticket.future.done(): ticket.future.set_exception(StoreError(f"the prediction could not be logged: the service database refused it ({reason})"))
+
+def _pause(plog: PredictionLog, error: Exception, n: int, delay: float) -> bool:
+    "After the database failed a write of `n` rows: mark it down, log, wait `delay` seconds; False if `close` gave up meanwhile."
+    reason = _reason(error)
+    with plog._cond: plog._down, plog.last_error, plog.failures = reason, reason, plog.failures + 1
+    log.error("prediction log: writing %d prediction(s) failed, retrying in %.2g s (%d waiting): %s", n, delay, plog.depth, reason)
+    return not plog._give_up.wait(delay)
+
+def _abandon(plog: PredictionLog, items: list) -> None:
+    "After `close` gave up: fail the futures of `items` and of every row still queued (those rows are lost; `close` logs how many)."
+    with plog._cond:
+        items = items + list(plog._queue)
+        plog._queue.clear()
+    for future in {id(t.future): t.future for _, t in items}.values():
+        if not future.done():
+            future.set_exception(StoreError(f"the prediction log stopped before writing these predictions (last error: {plog.last_error})"))

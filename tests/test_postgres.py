@@ -66,13 +66,15 @@ def test_store_on_postgresql(pg_project):
 def test_prediction_log_loses_nothing_on_postgresql(pg_project):
     store = Store(SERVICE_URL)
     before = store.count_predictions()
-    plog = PredictionLog(store, flush_seconds=0.05).start()
-    rows = [row(i) for i in range(4_000)]
-    threads = [threading.Thread(target=lambda k=k: [plog.submit([r]) for r in rows[k::4]]) for k in range(4)]
+    plog = PredictionLog(store).start()
+    rows, futures = [row(i) for i in range(4_000)], [[] for _ in range(4)]
+    threads = [threading.Thread(target=lambda k=k: futures[k].extend(plog.submit([r]) for r in rows[k::4])) for k in range(4)]
     for t in threads: t.start()
     for t in threads: t.join()
-    plog.close()
-    try: assert store.count_predictions() - before == 4_000 and plog.failures == 0
+    try:
+        assert {f.result(timeout=60) for share in futures for f in share} == {None}      # each acknowledged once committed
+        plog.close()
+        assert store.count_predictions() - before == 4_000 and plog.failures == 0 and plog.depth == 0
     finally: store.close()
 
 
@@ -80,7 +82,7 @@ def test_registry_on_postgresql_serves_through_the_api(pg_project):
     settings, _ = pg_project
     holder = ModelHolder(settings)
     assert holder.reload() and holder.current.predictor.backend == "onnx"
-    server = ApiServer(settings, env={"INCOMEOPS_API_KEY": ADMIN_KEY, "INCOMEOPS_LOG_FLUSH_SECONDS": "0.05"}).start()
+    server = ApiServer(settings, env={"INCOMEOPS_API_KEY": ADMIN_KEY}).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             answer = http.post("/predict", json=EXAMPLE_PERSON).json()
