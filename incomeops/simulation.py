@@ -25,13 +25,13 @@ from sklearn.metrics import roc_auc_score
 from .cleaning import TARGET, build_dataset
 from .client import ApiClient
 from .config import IncomeOpsError, Settings, get_settings
-from .features import model_inputs
+from .features import filter_text, model_inputs
 from .jobs import TrainingParams, run_training
 from .monitoring import split_test_file
 
 # %% auto #0
-__all__ = ['Change', 'SCENARIOS', 'unchanged', 'graduates_cross_the_line', 'occupation_not_sent', 'household_columns_shuffled',
-           'Scenario', 'free_port', 'Service', 'wait_for_job', 'people', 'wait_until_logged', 'replay',
+__all__ = ['Change', 'YOUNG', 'SCENARIOS', 'unchanged', 'graduates_cross_the_line', 'occupation_not_sent',
+           'household_columns_shuffled', 'Scenario', 'free_port', 'Service', 'wait_for_job', 'people', 'replay',
            'scenario_settings', 'first_champion', 'summarise_scenario', 'run_scenario', 'timeline_plot',
            'write_results']
 
@@ -46,7 +46,7 @@ def graduates_cross_the_line(batch: pd.DataFrame, rng: np.random.Generator) -> p
     return batch.assign(**{TARGET: np.where(moved, 1, batch[TARGET]).astype("int8")})
 
 def occupation_not_sent(batch: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    "Broken producer: the occupation field is missing from every request."
+    "Broken producer: it lost the occupation, and sends it as null (unknown) in every request (a missing key would be refused)."
     return batch.assign(occupation=None)
 
 def household_columns_shuffled(batch: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -60,16 +60,21 @@ class Scenario:
     name: str
     description: str
     change: Change = unchanged
-    train_query: str = ""           # the first champion's training rows
-    eval_query: str = ""            # and the population its held-out figures describe
-    expected: str = "none"          # the alarm kind we expect
+    train_filter: tuple[dict, ...] = ()     # the first champion's training rows: row-filter conditions, all of which must hold
+    eval_filter: tuple[dict, ...] = ()      # and the population its held-out figures describe
+    expected: str = "none"                  # the alarm kind we expect
+
+    @property
+    def trained_on(self) -> str: return filter_text(self.train_filter) or "all training rows"
+
+YOUNG = ({"column": "age", "op": "<=", "value": 35},)
 
 SCENARIOS = {s.name: s for s in [
     Scenario("no_drift", "the replay stream as it is"),
     Scenario("covariate_shift", "champion trained on people aged 35 or younger; everybody is asked",
-             train_query="age <= 35", eval_query="age <= 35", expected="drift"),
+             train_filter=YOUNG, eval_filter=YOUNG, expected="drift"),
     Scenario("concept_shift", "half of the graduates at or under 50K now earn more", graduates_cross_the_line, expected="performance"),
-    Scenario("missing_column", "occupation is no longer sent", occupation_not_sent, expected="data_quality"),
+    Scenario("missing_column", "occupation is sent as null (unknown) in every request", occupation_not_sent, expected="data_quality"),
     Scenario("scrambled_columns", "relationship and marital status shuffled between people", household_columns_shuffled,
              expected="performance"),
 ]}
@@ -128,20 +133,12 @@ def wait_for_job(client: ApiClient, job_id: str, timeout: float = 900, poll: flo
     raise IncomeOpsError(f"job {job_id} did not finish within {timeout:.0f} s")
 
 def people(batch: pd.DataFrame) -> list[dict]:
-    "A batch of clean rows as the API's request body (unknown categories as null)."
+    "A batch of clean rows as the API's request body: every model input present, unknown categories as null."
     X = model_inputs(batch)
     return [{k: v for k, v in row.items()} for row in X.astype(object).where(X.notna(), None).to_dict("records")]
 
-def wait_until_logged(client: ApiClient, rows: int, timeout: float = 30) -> None:
-    "Wait until the service's prediction log holds `rows` predictions (it writes them in the background, a fraction of a second later)."
-    deadline = time.monotonic() + timeout
-    while client.request("GET", "/monitoring/summary")["predictions"] < rows:
-        if time.monotonic() > deadline: raise IncomeOpsError(f"the prediction log did not reach {rows:,} rows within {timeout:.0f} s")
-        time.sleep(0.1)
-
 def _check(client: ApiClient, rows_served: int) -> tuple[dict, dict | None]:
-    "Run one monitoring check once every prediction so far is logged; its outcome, and the retraining job it started (finished) if any."
-    wait_until_logged(client, rows_served)
+    "Run one monitoring check (every answered prediction is in the log already); its outcome, and the retraining job it started (finished) if any."
     job = wait_for_job(client, client.request("POST", "/jobs/monitor")["id"])
     if job["status"] != "succeeded": raise IncomeOpsError(f"the monitoring check failed after {rows_served} rows: {job['error']}")
     outcome, retraining = job["outcome"], None
@@ -191,14 +188,15 @@ def scenario_settings(base: Settings, folder: Path, **overrides) -> Settings:
     "Settings for a fresh project in `folder` that shares `base`'s data, notebooks and data source."
     folder.mkdir(parents=True, exist_ok=True)
     values = {k: getattr(base, k) for k in type(base).model_fields if k not in ("root", "reports_dir", "tracking_uri", "artifact_location",
-                                                                                "database_url", "api_key", "experiment_name")}
-    return Settings(**{**values, "root": folder, "reports_dir": folder / "reports", "api_key": "simulation",
+                                                                                "database_url", "api_key", "predict_api_key",
+                                                                                "experiment_name")}
+    return Settings(**{**values, "root": folder, "reports_dir": folder / "reports", "api_key": "simulation", "predict_api_key": "simulation",
                        "database_url": f"sqlite:///{folder / 'service.db'}", "retrain_cooldown_minutes": 0, **overrides})
 
 def first_champion(scenario: Scenario, settings: Settings, family: str = "lightgbm", folds: int = 3) -> dict:
     "Train and register the scenario's first champion (defaults of `family`, no tuning, judged on the holdout)."
     params = TrainingParams(candidates=family, model_family=family, n_trials=0, cv_folds=folds, seed=settings.seed,
-                            train_query=scenario.train_query, eval_query=scenario.eval_query, evidence="holdout")
+                            train_filter=list(scenario.train_filter), eval_filter=list(scenario.eval_filter), evidence="holdout")
     summary = run_training(params, settings)
     if summary.get("decision") != "promoted": raise IncomeOpsError(f"the first champion of {scenario.name} was not promoted")
     return summary
@@ -233,11 +231,11 @@ def run_scenario(name: str, folder: Path, base: Settings | None = None, batch_ro
     clean = build_dataset(s).load()
     stream = split_test_file(clean[clean["split"] == "test"], s)[1]
     stream = stream.head(max_rows) if max_rows else stream
-    say(f"{name}: training the first champion ({scenario.train_query or 'all training rows'})")
+    say(f"{name}: training the first champion ({scenario.trained_on})")
     first = first_champion(scenario, s)
     with Service(s) as service:
         say(f"{name}: version {first['model_version']} serves at {service.url}; replaying {len(stream):,} rows")
-        client = ApiClient(service.url, api_key=s.api_key.get_secret_value(), timeout=120)
+        client = ApiClient(service.url, api_key=s.api_key.get_secret_value(), timeout=120, retries=5)
         report = lambda step: say(f"{name}: {step['rows_served']:>6,} rows, {step['labelled']:>6,} labelled, v{step['served_version']}"
                                   f"{'  ALARM ' + step['alarms'] if step['alarms'] else ''}"
                                   f"{'  retraining ' + str(step['retrain_status']) + ' ' + str(step['retrain_decision']) if step['retrain_status'] else ''}")
