@@ -1,7 +1,9 @@
 """IncomeOps form: will this person earn more than 50K USD a year?
 
 A front end only: every number on these pages comes from the IncomeOps API (INCOMEOPS_API_URL, default the local
-API). Run with `make ui` (or `make serve` for the API and the form together).
+API). If the service asks for a prediction key, give the form the same one in INCOMEOPS_PREDICT_API_KEY: it sends it on
+every call, and says so on the page when the key is missing or wrong. Run with `make ui` (or `make serve` for the API and
+the form together).
 """
 import streamlit as st
 

@@ -4,6 +4,9 @@ Used by tests/test_browser.py, and by hand to refresh the screenshots in docs/ a
 
     make serve &            # API on :8000, form on :8501
     .venv/bin/python scripts/ui_tour.py --ui http://127.0.0.1:8501 --out docs/screenshots
+
+The tour only drives the browser: the form sends every model input and, if the service asks for a prediction key, the
+form's own INCOMEOPS_PREDICT_API_KEY (set it where the form runs, not here).
 """
 from __future__ import annotations
 
