@@ -1,10 +1,16 @@
 """Real components for the service tests: a project with a registered champion, and the API under uvicorn on loopback."""
 from __future__ import annotations
 
+import json as _json
 import os
+import re
+import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +18,7 @@ from pathlib import Path
 import httpx
 import mlflow
 import pandas as pd
+import psutil
 
 from conftest import REPO, free_port
 from incomeops.cleaning import build_dataset
@@ -101,3 +108,206 @@ class ApiServer:
 
     def output(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+
+# ----------------------------------------------------------------------------------------------- hostile, durability and outage tests
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+ERROR_KEYS = {"detail", "errors", "errors_omitted"}
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "the condition"):
+    "Call `predicate` until it returns something truthy (returned) or `timeout` seconds pass (AssertionError naming `what`)."
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value: return value
+        if time.monotonic() > deadline: raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(interval)
+
+
+def kill_server(server: ApiServer) -> int:
+    "SIGKILL the API process (no shutdown, no drain), as the kernel's OOM killer or a node failure would; its exit status."
+    server.proc.send_signal(signal.SIGKILL)
+    return server.proc.wait(30)
+
+
+def assert_error_body(response, status: int | None = None) -> dict:
+    "The JSON error body of a 4xx/5xx answer, checked against the error contract: detail, at most 20 errors, errors_omitted."
+    if status is not None: assert response.status_code == status, (response.status_code, response.text[:2000])
+    assert response.headers.get("content-type", "").startswith("application/json"), response.headers.get("content-type")
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == ERROR_KEYS, body
+    assert isinstance(body["detail"], str) and body["detail"].strip(), body
+    assert isinstance(body["errors"], list) and len(body["errors"]) <= 20, len(body["errors"])
+    assert all(isinstance(e, dict) and set(e) == {"field", "problem"} and isinstance(e["field"], str) and isinstance(e["problem"], str)
+               for e in body["errors"]), body["errors"][:3]
+    assert isinstance(body["errors_omitted"], int) and not isinstance(body["errors_omitted"], bool) and body["errors_omitted"] >= 0, body
+    return body
+
+
+def job_ids(http, admin: dict) -> set[str]:
+    "Ids of the newest 500 jobs the service knows."
+    response = http.get("/jobs", headers=admin, params={"limit": 500})
+    assert response.status_code == 200, response.text
+    return {j["id"] for j in response.json()}
+
+
+def wait_for_job(http, job_id: str, admin: dict, statuses=("succeeded", "failed", "cancelled"), timeout: float = 300) -> dict:
+    "The job's record once its status is one of `statuses` (bounded by `timeout`)."
+    last = {}
+    def reached():
+        nonlocal last
+        last = http.get(f"/jobs/{job_id}", headers=admin).json()
+        return last if last.get("status") in statuses else None
+    try: return wait_until(reached, timeout, 0.5, f"job {job_id} reaching {statuses}")
+    except AssertionError as e: raise AssertionError(f"{e}; last seen: {last}") from None
+
+
+def registry_state(settings: Settings) -> dict:
+    "What a job must not change behind our back: the registered versions and the aliases (champion, challenger)."
+    from mlflow.exceptions import MlflowException
+
+    from incomeops.registry import use_registry
+    client = use_registry(settings)
+    try: model = client.get_registered_model(settings.model_name)
+    except MlflowException: return {"versions": [], "aliases": {}}
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{settings.model_name}'"))
+    return {"versions": versions, "aliases": dict(sorted((model.aliases or {}).items()))}
+
+
+def _matches_project(proc: psutil.Process, root: str) -> bool:
+    cmdline = " ".join(proc.cmdline())
+    if "papermill" not in cmdline and "ipykernel" not in cmdline: return False
+    if root in cmdline: return True
+    try: return proc.environ().get("INCOMEOPS_ROOT") == root
+    except (psutil.AccessDenied, psutil.ZombieProcess): return False
+
+
+def notebook_processes(settings: Settings, also: list[psutil.Process] = ()) -> list[psutil.Process]:
+    """The live (not zombie) processes of a job notebook of this project: papermill and its kernels, found by their command
+    line (papermill, ipykernel) and their project (the executed notebook's path on the command line, or INCOMEOPS_ROOT in
+    their environment); plus those of `also` (seen earlier as the API's descendants) still alive."""
+    root, found = str(settings.root), {}
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and _matches_project(proc, root): found[proc.pid] = proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess): pass
+    for proc in also:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE: found.setdefault(proc.pid, proc)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess): pass
+    return list(found.values())
+
+
+def cmdline_of(proc: psutil.Process) -> str:
+    "The process's command line as one string ('' if it has gone)."
+    try: return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess): return ""
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    "The live descendants of process `pid` (e.g. the notebook processes an API started)."
+    try: children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess: return []
+    alive = []
+    for p in children:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE: alive.append(p)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess): pass
+    return alive
+
+
+def kill_processes(procs) -> None:
+    "Clean-up after a failing test: SIGKILL each of these processes (ours: started by the API the test started), by pid."
+    for p in procs:
+        try: p.kill()
+        except psutil.NoSuchProcess: pass
+    psutil.wait_procs(list(procs), timeout=10)
+
+
+def raw_exchange(port: int, head: bytes, body_chunks=(), chunk_timeout: float = 10, total_timeout: float = 60) -> tuple[bytes, int]:
+    """Send an HTTP request by hand on a socket (`head`, then `body_chunks` until the server answers), the way a hostile client
+    would: (the server's answer as far as it came, body bytes sent before it answered)."""
+    sent, answer = 0, b""
+    deadline = time.monotonic() + total_timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=chunk_timeout) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in body_chunks:
+                if time.monotonic() > deadline or select.select([sock], [], [], 0)[0]: break     # the server has answered
+                _, writable, _ = select.select([], [sock], [], chunk_timeout)
+                if not writable: break                                                        # it stopped reading
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (TimeoutError, BrokenPipeError, ConnectionResetError): pass
+        sock.settimeout(max(1.0, min(chunk_timeout, deadline - time.monotonic())))
+        try:
+            while b"\r\n\r\n" not in answer or len(answer) < _answer_length(answer):
+                data = sock.recv(65536)
+                if not data: break
+                answer += data
+        except (TimeoutError, ConnectionResetError): pass
+    return answer, sent
+
+
+def _answer_length(answer: bytes) -> int:
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return len(head) + 4 + int(m.group(1)) if m else 1 << 62
+
+
+def answer_status(answer: bytes) -> int | None:
+    "The status code of a raw HTTP answer (None if there was none)."
+    m = re.match(rb"HTTP/1\.[01] (\d{3})", answer)
+    return int(m.group(1)) if m else None
+
+
+def answer_json(answer: bytes):
+    return _json.loads(answer.partition(b"\r\n\r\n")[2] or b"null")
+
+
+class PostgresCluster:
+    """A throwaway PostgreSQL 15 cluster (Debian's binaries) owned by the `postgres` user, on a free loopback port with its unix
+    socket in its own folder; trust authentication for the `postgres` role. Start, stop (immediately: a crash) and start again."""
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="incomeops-pg-"))
+        self.data = self.folder / "data"
+        shutil.chown(self.folder, "postgres", "postgres")
+
+    @staticmethod
+    def available() -> bool:
+        return all((PG_BIN / b).is_file() for b in ("initdb", "pg_ctl", "postgres")) and shutil.which("runuser") is not None
+
+    @property
+    def url(self) -> str: return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        result = subprocess.run(["runuser", "-u", "postgres", "--", *args], cwd=self.folder, capture_output=True, text=True, timeout=timeout)
+        if result.returncode: raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{self.log()}")
+        return result
+
+    def init(self) -> PostgresCluster:
+        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        return self.start()
+
+    def start(self) -> PostgresCluster:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.folder / "server.log"), "-w", "-t", "60", "start")
+        return self
+
+    def stop(self, mode: str = "immediate") -> None:
+        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def running(self) -> bool:
+        return subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.data), "status"],
+                              capture_output=True, timeout=30).returncode == 0
+
+    def log(self) -> str:
+        f = self.folder / "server.log"
+        return f.read_text(errors="replace")[-4000:] if f.exists() else ""
+
+    def destroy(self) -> None:
+        try:
+            if self.data.exists() and self.running(): self.stop("fast")
+        finally: shutil.rmtree(self.folder, ignore_errors=True)
