@@ -72,7 +72,7 @@ labelled_table = sa.Table("incomeops_labelled_predictions", metadata,   # summar
     sa.Column("created_at", Timestamp, nullable=False),              # when the prediction was made
     sa.Column("probability", sa.Float, nullable=False),
     sa.Column("true_label", sa.SmallInteger, nullable=False),
-    sa.Index("ix_incomeops_labelled_predictions_newest", "created_at", "prediction_id"))
+    sa.Index("ix_incomeops_labelled_predictions_window", "created_at", "prediction_id", "probability", "true_label"))   # covering
 
 jobs_table = sa.Table("incomeops_jobs", metadata,
     sa.Column("id", sa.String(12), primary_key=True),
