@@ -23,7 +23,7 @@ train() {
 
 case "$role" in
     api)
-        exec uvicorn app.main:app --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" --no-access-log "$@" ;;
+        exec uvicorn app.main:app --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" --no-access-log --timeout-graceful-shutdown 20 "$@" ;;
     ui)
         exec streamlit run streamlit_app.py --server.address "${HOST:-0.0.0.0}" --server.port "${PORT:-8501}" \
             --server.headless true --browser.gatherUsageStats false "$@" ;;

@@ -49,12 +49,12 @@ from .store import ACTIVE_STATUSES, Store, Timestamp, jobs_table
 from .training import FAMILIES, HYPERPARAMETERS, use_tracking
 
 # %% auto #0
-__all__ = ['log', 'CHILD_ENV_NAMES', 'CHILD_ENV_PREFIXES', 'WITHHELD_SETTINGS', 'HEX12', 'leases_table', 'JobFailed',
-           'JobStopped', 'notebook_error', 'child_env', 'JobControl', 'kill_tree', 'execute_notebook', 'render_html',
-           'production_rows_path', 'TrainingParams', 'run_training', 'run_profile', 'JobConflict', 'JobNotFound',
-           'renew_lease', 'why_not_live', 'ensure_job_live', 'watch_job', 'finish_job', 'live_performance',
-           'summarise_predictions', 'JobRunner', 'champion_reference', 'champion_summary', 'served_rows',
-           'run_monitoring', 'record_alarms', 'stored_filter', 'retraining_params', 'compare_on_recent',
+__all__ = ['log', 'CHILD_ENV_NAMES', 'CHILD_ENV_PREFIXES', 'WITHHELD_SETTINGS', 'HEX12', 'leases_table', 'LABEL_NAMES',
+           'JobFailed', 'JobStopped', 'notebook_error', 'child_env', 'JobControl', 'kill_tree', 'execute_notebook',
+           'render_html', 'production_rows_path', 'TrainingParams', 'run_training', 'run_profile', 'JobConflict',
+           'JobNotFound', 'renew_lease', 'why_not_live', 'ensure_job_live', 'watch_job', 'finish_job',
+           'live_performance', 'summarise_predictions', 'JobRunner', 'champion_reference', 'champion_summary',
+           'served_rows', 'run_monitoring', 'record_alarms', 'stored_filter', 'retraining_params', 'compare_on_recent',
            'retrain_champion']
 
 # %% ../nbs/12_jobs.ipynb #c14852cb
@@ -321,14 +321,13 @@ def finish_job(store: Store, job_id: str, **fields) -> bool:
     with store.engine.begin() as conn: return bool(conn.execute(q).rowcount)
 
 # %% ../nbs/12_jobs.ipynb #13473b95
-def live_performance(store, served) -> dict:
-    "Volume of the prediction log and, on the rows with feedback, the served model's metrics at its threshold."
-    labelled = store.predictions(labelled_only=True)
-    out = {"predictions": store.count_predictions(), "labelled": len(labelled),
-           "model_version": served.version if served else None}
-    if served is not None and len(labelled) and labelled["true_label"].nunique() == 2:
-        y = labelled["true_label"].astype(int).to_numpy()
-        out["metrics"] = classification_metrics(y, labelled["probability"].to_numpy(), served.threshold)
+def live_performance(store, served, window_rows: int = 2000) -> dict:
+    "Volume of the prediction log and the served model's metrics at its threshold on the newest `window_rows` labelled predictions."
+    totals = store.prediction_totals()                      # aggregates: the same cost at 10,000 or 1,000,000 logged rows
+    out = {**totals, "model_version": served.version if served else None}
+    if served is not None and totals["labelled"]:
+        proba, y = store.newest_labelled(window_rows)
+        if len(set(y.tolist())) == 2: out["metrics"], out["metrics_window_rows"] = classification_metrics(y, proba, served.threshold), len(y)
     return out
 
 def _last_check(store) -> dict | None:
@@ -346,17 +345,16 @@ def _retraining_history(store, limit: int = 20) -> list[dict]:
                     "decision": o.get("decision"), "production_rows": o.get("production_rows"), "error": j["error"]})
     return out
 
-def summarise_predictions(store, served, hours: int = 24) -> dict:
+LABEL_NAMES = ("<=50K", ">50K")
+
+def summarise_predictions(store, served, settings: Settings | None = None, hours: int = 24) -> dict:
     "For the monitoring page: `live_performance`, the last `hours` of predictions per hour and label, the last check, alerts, retrainings."
-    out = live_performance(store, served)
+    s = settings or get_settings()
+    out = live_performance(store, served, s.performance_window_rows)
     out["last_check"], out["retraining"] = _last_check(store), _retraining_history(store)
     out["alerts"] = [{**a, "created_at": a["created_at"].isoformat()} for a in store.list_alerts(limit=50)]
-    recent = store.predictions(since=datetime.now(UTC) - timedelta(hours=hours))
-    if len(recent):
-        hour = pd.to_datetime(recent["created_at"], utc=True).dt.floor("h")
-        volume = recent.assign(hour=hour, label=recent["label"].map({0: "<=50K", 1: ">50K"})).groupby(["hour", "label"]).size()
-        out["volume"] = [{"hour": h.isoformat(), "label": lab, "count": int(n)} for (h, lab), n in volume.items()]
-    else: out["volume"] = []
+    out["volume"] = [{"hour": v["hour"].isoformat(), "label": LABEL_NAMES[v["label"]], "count": v["count"]}
+                     for v in store.volume_by_hour(datetime.now(UTC) - timedelta(hours=hours))]
     return out
 
 # %% ../nbs/12_jobs.ipynb #62281472
@@ -457,10 +455,10 @@ class JobRunner:
         if last and last[0]["created_at"] > datetime.now(UTC) - timedelta(minutes=s.retrain_cooldown_minutes):
             return {"started": False, "why": f"cooldown: the last retraining started at {last[0]['created_at']:%Y-%m-%d %H:%M} UTC "
                                              f"(retrain_cooldown_minutes={s.retrain_cooldown_minutes:g})"}
-        labelled = self.store.predictions(labelled_only=True)
-        if len(labelled) < s.drift_min_rows:
-            return {"started": False, "why": f"only {len(labelled)} labelled predictions to learn from; waiting for {s.drift_min_rows}"}
-        if last and (new := int((labelled["feedback_at"] >= last[0]["created_at"]).sum())) < s.retrain_min_new_labels:
+        labelled = self.store.prediction_totals()["labelled"]
+        if labelled < s.drift_min_rows:
+            return {"started": False, "why": f"only {labelled} labelled predictions to learn from; waiting for {s.drift_min_rows}"}
+        if last and (new := self.store.labels_since(last[0]["created_at"])) < s.retrain_min_new_labels:
             return {"started": False, "why": f"only {new} labels came in since the last retraining started; "
                                              f"waiting for {s.retrain_min_new_labels} (retrain_min_new_labels)"}
         reason = "; ".join(a.message for a in verdict.alarms if a.retrain)

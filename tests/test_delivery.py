@@ -176,7 +176,9 @@ def test_compose_api_is_stateless_behind_postgres_and_mlflow(compose):
     assert (database.scheme, database.hostname, database.path) == ("postgresql+psycopg", "postgres", "/incomeops")
     # with no key where compose runs, the admin endpoints stay off (an empty key would be a valid key)
     assert api["environment"]["INCOMEOPS_API_KEY"] is None
-    assert services["ui"]["environment"] == {"INCOMEOPS_API_URL": "http://api:8000"}
+    assert services["ui"]["environment"] == {"INCOMEOPS_API_URL": "http://api:8000", "INCOMEOPS_PREDICT_API_KEY": None}
+    # a stop lets uvicorn finish its requests (20 s) and the prediction log drain before the container is killed
+    assert int(api["stop_grace_period"].removesuffix("s")) >= 40
     # MLflow: PostgreSQL backend store in its own database, proxied artifacts on a named volume, one worker
     cmd = [interpolate(str(c)) for c in services["mlflow"]["command"]]
     backend = urlsplit(cmd[cmd.index("--backend-store-uri") + 1])
