@@ -30,6 +30,7 @@ from api_support import (
     wait_for_job,
 )
 from incomeops.serving import EXAMPLE_PERSON
+from incomeops.store import Store
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,7 +71,7 @@ class Case(NamedTuple):
     headers: dict
     body: object            # bytes, or a callable giving an iterator of chunks (streamed)
     status: int
-    field: object = None    # the error's field: a name, a tuple of acceptable names, or a prefix ending in '*'
+    field: object = None    # the error's field: a name, a tuple of acceptable names, a prefix ending in '*', or '*part*'
     words: str | None = None  # words in that field's problem (or, without a field, in the detail or any problem)
 
 
@@ -139,6 +140,12 @@ CASES = [
          ("native_country", "native-country"), "is given twice"),
     Case("predict-batch-error-named-by-index", "POST", "/predict", JSON, j([P, P, P, person(age=True)]), 422, "[3].age"),
     Case("predict-batch-missing-field-named-by-index", "POST", "/predict", JSON, j([P, without("sex")]), 422, "[1].sex", "is required"),
+    Case("predict-escaped-key-repeats-a-key", "POST", "/predict", JSON, (json.dumps(P)[:-1] + ', "\\u0061ge": 40}').encode(), 400, None, "twice"),
+    Case("predict-key-with-control-characters", "POST", "/predict", JSON, j({**P, "a\u0000ge\n": 1}), 422, "a*", "is not a known field"),
+    Case("predict-megabyte-category-value", "POST", "/predict", JSON, j(person(sex=MARK + "A" * MiB)), 422, "sex"),
+    Case("predict-10000-unknown-keys-in-one-person", "POST", "/predict", JSON, j({**P, **{f"unknown{i:05d}{'x' * 60}": MARK for i in range(10_000)}}),
+         422, "unknown*", "is not a known field"),
+    Case("predict-log-parameter-not-a-boolean", "POST", f"/predict?log={MARK}", JSON, j(P), 422, "*log*"),
     # ---------------------------------------------------------------- /predict: content types and sizes
     Case("predict-text-plain", "POST", "/predict", {"content-type": "text/plain"}, j(P), 415),
     Case("predict-form-urlencoded", "POST", "/predict", {"content-type": "application/x-www-form-urlencoded"}, b"age=39&sex=Male", 415),
@@ -160,6 +167,7 @@ CASES = [
     Case("feedback-unknown-id", "POST", "/feedback", JSON, j({"prediction_id": ID, "label": ">50K"}), 404),
     Case("feedback-batch-error-named-by-index", "POST", "/feedback", JSON,
          j([{"prediction_id": ID, "label": ">50K"}, {"prediction_id": ID, "label": "rich"}]), 422, "[1].label"),
+    Case("feedback-10000-bad-labels", "POST", "/feedback", JSON, j([{"prediction_id": ID, "label": MARK}] * 10_000), 422, "[0].label"),
     Case("feedback-empty-list", "POST", "/feedback", JSON, b"[]", 422, "(request)"),
     Case("feedback-10001-labels", "POST", "/feedback", JSON, j([{"prediction_id": ID, "label": ">50K"}] * 10_001), 422, "(request)"),
     Case("feedback-string-body", "POST", "/feedback", JSON, j(MARK), 422, "(request)"),
@@ -278,6 +286,7 @@ def keyed(champion_project):
 
 def field_matches(expected, actual: str) -> bool:
     if isinstance(expected, tuple): return any(field_matches(e, actual) for e in expected)
+    if expected.startswith("*") and expected.endswith("*"): return expected[1:-1] in actual
     return actual.startswith(expected[:-1]) if expected.endswith("*") else actual == expected
 
 
@@ -423,7 +432,7 @@ def test_a_production_data_version_with_no_file_is_refused_or_fails_without_leak
 def test_an_error_list_is_capped_and_the_service_answers_health_while_it_validates(http):
     """10,000 people with 3 unknown keys each (30,000 problems): 422 with at most 20 errors, the rest counted, a small body;
     meanwhile /health answers (each probe within 1 s), probed by a thread while the big request is in flight."""
-    people = [{**P, f"extra_a_{MARK}": 1, "extra_b": MARK, "extra_c": [MARK]} for _ in range(10_000)]
+    people = [{**P, "extra_a": MARK, "extra_b": {"v": MARK}, "extra_c": [MARK]} for _ in range(10_000)]
     body = j(people)
     probes, stop = [], threading.Event()
 
@@ -460,3 +469,29 @@ def test_an_error_list_is_capped_and_the_service_answers_health_while_it_validat
     print(f"\n/health while a 10,000-person invalid batch was validated: {len(during)} probes in {ended - started:.2f} s, "
           f"slowest {max(d for _, d, _ in during):.3f} s")
     assert not slow, f"/health did not answer 200 within 1 s while the batch was validated: {slow[:10]} of {len(during)} probes"
+
+
+def test_a_refused_batch_logs_none_of_its_people(http, api):
+    "One bad person in a batch of 500: the whole request is refused, and not one of its 499 good people reaches the log."
+    store = Store(api.settings.service_database_url)
+    try:
+        before = store.count_predictions()
+        response = http.post("/predict", json=[P] * 499 + [person(age=True)])
+        assert response.status_code == 422 and assert_error_body(response)["errors"][0]["field"] == "[499].age", response.text[:500]
+        assert store.count_predictions() == before
+    finally: store.close()
+
+
+def test_capped_feedback_errors_count_every_problem(http):
+    response = http.post("/feedback", json=[{"prediction_id": ID.upper(), "label": "rich"}] * 10_000)
+    body = assert_error_body(response, 422)
+    assert len(body["errors"]) == 20 and len(body["errors"]) + body["errors_omitted"] == 20_000, (len(body["errors"]), body["errors_omitted"])
+    assert len(response.content) < 64 * 1024
+
+
+def test_a_body_just_under_the_limit_is_served(keyed):
+    "The limit refuses what is over it, not what is under: a batch of about 0.9 MiB on the 1 MiB server is answered."
+    batch = [P] * 3_000
+    assert len(j(batch)) < MiB
+    response = keyed.post("/predict", json=batch, headers={"X-API-Key": PREDICT_KEY})
+    assert response.status_code == 200 and len(response.json()) == 3_000, response.text[:500]
