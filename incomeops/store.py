@@ -386,15 +386,16 @@ class Store:
         return cls((settings or get_settings()).service_database_url)
 
     def _create_tables(self):
-        "Create the missing tables and indexes; a second try covers another process creating them at the same moment."
+        "Create the missing tables and indexes (IF NOT EXISTS); a second try covers PostgreSQL's race of two processes creating one."
         try:
             with self.engine.connect(): pass
         except DBAPIError as e: raise StoreError(f"cannot open the service database {self.url}: {_reason(e)}") from e
         for attempt in (1, 2):
             try:
                 with self.engine.begin() as conn:
-                    metadata.create_all(conn)
-                    for index in (ix for t in metadata.sorted_tables for ix in t.indexes): index.create(conn, checkfirst=True)
+                    for table in metadata.sorted_tables:
+                        conn.execute(sa.schema.CreateTable(table, if_not_exists=True))
+                        for index in table.indexes: conn.execute(sa.schema.CreateIndex(index, if_not_exists=True))
                 return
             except DBAPIError as e:
                 if attempt == 2: raise StoreError(f"cannot create the tables of the service database {self.url}: {_reason(e)}") from e
