@@ -106,8 +106,12 @@ def test_a_database_outage_answers_503_with_retry_after_and_after_it_every_200_i
                         with lock:
                             if not todo: return
                             todo.pop()
-                        try: statuses[predict(c, [EXAMPLE_PERSON] * BATCH).status_code] += 1
-                        except httpx.HTTPError as e: statuses[type(e).__name__] += 1
+                        try: response = predict(c, [EXAMPLE_PERSON] * BATCH)
+                        except httpx.HTTPError as e:
+                            statuses[type(e).__name__] += 1
+                            continue
+                        statuses[response.status_code] += 1
+                        if response.status_code == 503 and not response.headers.get("retry-after"): statuses["503 without Retry-After"] += 1
 
             def watch():
                 with httpx.Client(base_url=server.url, timeout=10) as c:
