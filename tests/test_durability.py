@@ -197,9 +197,11 @@ def test_an_orphaned_job_never_registers_and_is_failed_after_the_restart(project
         kill_server(server)                                                  # the API dies mid-run; its notebook is orphaned
         killed = time.monotonic()
         left = lingering(project, seen, 3 * LEASE_SECONDS + 30)
+        gone_after = time.monotonic() - killed
         time.sleep(max(0.0, killed + 2 * LEASE_SECONDS - time.monotonic()))  # well past the lease
         registry_after_kill = registry_state(project)
         restarted = servers(project, **env)
+        restarted_at = time.monotonic()
         with httpx.Client(base_url=restarted.url, timeout=30) as http:
             try: job = wait_for_job(http, job_id, ADMIN, statuses=("failed", "succeeded", "cancelled"), timeout=3 * LEASE_SECONDS + 30)
             except AssertionError as e: job = {"status": f"not finished: {e}"}
@@ -209,6 +211,7 @@ def test_an_orphaned_job_never_registers_and_is_failed_after_the_restart(project
             if job["status"] != "failed": problems.append(f"after the restart the job is {job['status']!r}, not 'failed'")
             if (after := registry_state(project)) != before: problems.append(f"the registry changed: {before} -> {after}")
             if not predicts(restarted): problems.append("the restarted API does not predict")
-            print(f"\norphaned job {job_id}: {job['status']} ({job.get('error')}); processes left: {left}; registry {registry_state(project)}")
+            print(f"\norphaned job {job_id}: notebook processes gone {gone_after:.1f} s after the SIGKILL (left: {left}); "
+                  f"{job['status']} {time.monotonic() - restarted_at:.1f} s after the restart ({job.get('error')}); registry {registry_state(project)}")
             assert not problems, "; ".join(problems)
     finally: kill_processes(notebook_processes(project, seen))
