@@ -267,23 +267,29 @@ def answer_json(answer: bytes):
 
 
 class PostgresCluster:
-    """A throwaway PostgreSQL 15 cluster (Debian's binaries) owned by the `postgres` user, on a free loopback port with its unix
-    socket in its own folder; trust authentication for the `postgres` role. Start, stop (immediately: a crash) and start again."""
+    """A throwaway PostgreSQL 15 cluster (Debian's binaries) on a free loopback port with its unix socket in its own folder, run
+    as the `postgres` user when we are root; trust authentication for the `postgres` role. Start, stop (immediately: a crash)
+    and start again."""
     def __init__(self, port: int | None = None):
         self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="incomeops-pg-"))
         self.data = self.folder / "data"
-        shutil.chown(self.folder, "postgres", "postgres")
+        self.as_root = os.geteuid() == 0                  # PostgreSQL refuses to run as root: then it runs as `postgres`
+        if self.as_root: shutil.chown(self.folder, "postgres", "postgres")
 
     @staticmethod
     def available() -> bool:
-        return all((PG_BIN / b).is_file() for b in ("initdb", "pg_ctl", "postgres")) and shutil.which("runuser") is not None
+        binaries = all((PG_BIN / b).is_file() for b in ("initdb", "pg_ctl", "postgres"))
+        return binaries and (os.geteuid() != 0 or shutil.which("runuser") is not None)
+
+    def _command(self, *args: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if self.as_root else list(args)
 
     @property
     def url(self) -> str: return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _as_postgres(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        result = subprocess.run(["runuser", "-u", "postgres", "--", *args], cwd=self.folder, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(self._command(*args), cwd=self.folder, capture_output=True, text=True, timeout=timeout)
         if result.returncode: raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{self.log()}")
         return result
 
@@ -300,7 +306,7 @@ class PostgresCluster:
         self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
 
     def running(self) -> bool:
-        return subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.data), "status"],
+        return subprocess.run(self._command(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "status"),
                               capture_output=True, timeout=30).returncode == 0
 
     def log(self) -> str:
