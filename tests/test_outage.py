@@ -155,3 +155,55 @@ def test_a_database_outage_answers_503_with_retry_after_and_after_it_every_200_i
     finally:
         server.stop()
         if not postgres.running(): postgres.start()
+
+
+def test_a_hung_database_refuses_predictions_with_503_and_loses_no_answered_one(postgres, tmp_path_factory, mirror):
+    """The database is up but the prediction table is locked (a stuck migration, a long transaction): commits hang, so
+    /predict answers 503 with Retry-After (the wait for the commit is bounded, the queue is bounded), /health stays 200;
+    once the lock is released predictions are answered again and every one answered 200 is in the database."""
+    import psycopg
+
+    settings = new_champion_project(tmp_path_factory.mktemp("hung"), mirror)[0].model_copy(update={"database_url": postgres.url})
+    server = ApiServer(settings, env={"INCOMEOPS_LOG_ACK_TIMEOUT_SECONDS": str(ACK_TIMEOUT), "INCOMEOPS_LOG_QUEUE_ROWS": str(QUEUE_ROWS)}).start()
+    answered, statuses, lock = [], Counter(), threading.Lock()
+    try:
+        with httpx.Client(base_url=server.url, timeout=ACK_TIMEOUT + 20) as http:
+            for _ in range(10):
+                response = http.post("/predict", json=EXAMPLE_PERSON)
+                assert response.status_code == 200, response.text
+                answered.append(response.json()["prediction_id"])
+            with psycopg.connect(postgres.url, autocommit=False) as blocker:
+                blocker.execute("LOCK TABLE incomeops_predictions IN ACCESS EXCLUSIVE MODE")     # held until the rollback
+                todo = list(range(60))
+
+                def send():
+                    with httpx.Client(base_url=server.url, timeout=ACK_TIMEOUT + 20) as c:
+                        while True:
+                            with lock:
+                                if not todo: return
+                                todo.pop()
+                            try: r = c.post("/predict", json=[EXAMPLE_PERSON] * BATCH)
+                            except httpx.HTTPError as e:
+                                with lock: statuses[type(e).__name__] += 1
+                                continue
+                            with lock:
+                                statuses[r.status_code] += 1
+                                if r.status_code == 503 and not r.headers.get("retry-after"): statuses["503 without Retry-After"] += 1
+                                if r.status_code == 200: answered.extend(a["prediction_id"] for a in r.json())
+
+                workers = [threading.Thread(target=send, daemon=True) for _ in range(12)]
+                for w in workers: w.start()
+                for w in workers: w.join(120)
+                health = http.get("/health", timeout=5).status_code
+                blocker.rollback()
+            print(f"\nprediction table locked: {dict(statuses)} for 60 batches of {BATCH}; /health {health}")
+            assert statuses == Counter({503: 60}), dict(statuses)
+            assert health == 200
+            wait_until(lambda: http.post("/predict", json=EXAMPLE_PERSON).status_code == 200, 60, 0.25, "/predict answering 200 after the lock")
+            for _ in range(10):
+                response = http.post("/predict", json=EXAMPLE_PERSON)
+                assert response.status_code == 200, response.text
+                answered.append(response.json()["prediction_id"])
+        lost = set(answered) - stored_ids(postgres.url)
+        assert not lost, f"{len(lost)} predictions answered 200 are not in the database"
+    finally: server.stop()
