@@ -264,9 +264,13 @@ leases_table = sa.Table("incomeops_job_leases", _lease_metadata,
     sa.Column("job_id", sa.String(12), primary_key=True),
     sa.Column("renewed_at", Timestamp, nullable=False))
 
+_has_leases: set[int] = set()          # engines whose database has the lease table
+
 def _leases(store: Store) -> sa.Table:
-    "The lease table, created in `store`'s database on first use."
-    _lease_metadata.create_all(store.engine)
+    "The lease table, created in `store`'s database on first use (IF NOT EXISTS: runners and notebooks may race to create it)."
+    if id(store.engine) not in _has_leases:
+        with store.engine.begin() as conn: conn.execute(sa.schema.CreateTable(leases_table, if_not_exists=True))
+        _has_leases.add(id(store.engine))
     return leases_table
 
 def renew_lease(store: Store, job_id: str) -> None:
@@ -387,11 +391,12 @@ class JobRunner:
 
     def _run(self, job_id: str, work: Callable[[JobControl, str], dict], control: JobControl) -> None:
         "Run `work`, recording start, end, outcome or error; a job cancelled meanwhile keeps its cancellation."
-        renew_lease(self.store, job_id)
-        self.store.update_job(job_id, status="running", started_at=datetime.now(UTC))
         done = threading.Event()
-        threading.Thread(target=self._keep_lease, args=(job_id, done), name=f"lease-{job_id}", daemon=True).start()
-        try: outcome, error = work(control, job_id), None
+        try:
+            renew_lease(self.store, job_id)
+            self.store.update_job(job_id, status="running", started_at=datetime.now(UTC))
+            threading.Thread(target=self._keep_lease, args=(job_id, done), name=f"lease-{job_id}", daemon=True).start()
+            outcome, error = work(control, job_id), None
         except Exception as e:
             outcome, error = None, str(e) if isinstance(e, IncomeOpsError) else f"{type(e).__name__}: {e}"
             if not isinstance(e, IncomeOpsError): log.exception("job %s crashed", job_id)
