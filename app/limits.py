@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from incomeops.serving import NAME_SHOWN
+from incomeops.serving import shown_name
 
 ERRORS_SHOWN = 20          # problems listed in an error body; the rest are counted in `errors_omitted`
 JSON_TYPES = ("application/json",)
@@ -90,9 +90,7 @@ def parse_json(body: bytes):
     except UnicodeDecodeError as e: raise ValueError(f"the request body is not UTF-8 text (byte {e.start:,})") from None
     try: return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except DuplicateKey as e:
-        key = str(e.args[0])
-        shown = key if len(key) <= NAME_SHOWN else key[:NAME_SHOWN] + "…"
-        raise ValueError(f"the request body gives the key '{shown}' twice in one object") from None
+        raise ValueError(f"the request body gives the key '{shown_name(e.args[0])}' twice in one object") from None
     except json.JSONDecodeError as e: raise ValueError(f"the request body is not valid JSON (line {e.lineno}, column {e.colno})") from None
     except RecursionError: raise ValueError("the request body is nested too deeply to read") from None
     except ValueError as e:

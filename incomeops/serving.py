@@ -37,9 +37,9 @@ from .registry import CHAMPION, decision_threshold, load_sklearn, use_registry, 
 # %% auto #0
 __all__ = ['log', 'Workclass', 'Education', 'MaritalStatus', 'Occupation', 'Relationship', 'Race', 'Sex', 'NativeCountry',
            'UNKNOWN_MARK', 'MAX_BATCH', 'EXAMPLE_PERSON', 'PERSON_EXAMPLES', 'NAME_SHOWN', 'FORM_DEFAULTS', 'FORM_TEXT',
-           'ONNX_OPSET', 'BATCH_ROWS', 'Person', 'InvalidPersonError', 'validation_problems', 'parse_person',
-           'input_schema', 'InvalidRecordError', 'encode_records', 'encode_frame', 'classifier_to_onnx', 'ParityError',
-           'FastPredictor', 'verified_predictor', 'synthetic_people', 'ServedModel', 'evaluation_files',
+           'ONNX_OPSET', 'BATCH_ROWS', 'Person', 'InvalidPersonError', 'shown_name', 'validation_problems',
+           'parse_person', 'input_schema', 'InvalidRecordError', 'encode_records', 'encode_frame', 'classifier_to_onnx',
+           'ParityError', 'FastPredictor', 'verified_predictor', 'synthetic_people', 'ServedModel', 'evaluation_files',
            'load_served_model', 'ModelHolder']
 
 # %% ../nbs/09_serving.ipynb #76ccd3e0
@@ -135,14 +135,14 @@ _LIMITS = {"greater_than_equal": "must be at least {ge}", "less_than_equal": "mu
 
 NAME_SHOWN = 40                 # characters of a submitted key name an error repeats: enough to recognise it, too few to carry data
 
-def _shown(name) -> str:
-    "A submitted key name as an error shows it: at most `NAME_SHOWN` characters."
-    name = str(name)
+def shown_name(name) -> str:
+    "A submitted key name as an error shows it: control characters escaped (no line breaks in a log), at most `NAME_SHOWN` characters."
+    name = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(name))
     return name if len(name) <= NAME_SHOWN else name[:NAME_SHOWN] + "…"
 
 def _field(loc: Sequence) -> str:
     "A field path like `people[3].age` from a pydantic `loc` (FastAPI's leading 'body' dropped; long names cut short)."
-    parts = [f"[{p}]" if isinstance(p, int) else f".{_shown(p)}" for p in loc if p != "body"]
+    parts = [f"[{p}]" if isinstance(p, int) else f".{shown_name(p)}" for p in loc if p != "body"]
     return "".join(parts).lstrip(".")
 
 def _problem(err: dict) -> str:

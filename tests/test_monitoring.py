@@ -27,9 +27,9 @@ from incomeops.simulation import (
     wait_for_job,
 )
 
-CRASH_FLAG_VAR = "IOPS_TEST_CRASH_FLAG"     # outside the INCOMEOPS_ prefix that Settings reads
-CRASH_CELL = (f"import os, pathlib\n_flag = os.environ.get({CRASH_FLAG_VAR!r})\n"
-              "if _flag and pathlib.Path(_flag).exists():\n    raise RuntimeError(\"simulated crash\")")
+CRASH_FLAG = "crash-now"        # a file beside the copied notebook: Papermill runs it from its folder, and a job's notebook
+CRASH_CELL = (f"import pathlib\nif pathlib.Path({CRASH_FLAG!r}).exists():\n"   # inherits no test variables (only what it needs)
+              "    raise RuntimeError(\"simulated crash\")")
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +67,8 @@ def covariate_shift(tmp_path_factory, base_settings):
     first = first_champion(scenario, s)
     clean = build_dataset(s).load()
     stream = split_test_file(clean[clean["split"] == "test"], s)[1]
-    flag = folder / "crash-now"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CRASH_FLAG_VAR, str(flag))       # the service (and the notebooks it runs) inherit it
-        service = Service(s).start()
+    flag = nbs / "pipelines" / CRASH_FLAG
+    service = Service(s).start()
     client = ApiClient(service.url, api_key=s.api_key.get_secret_value(), timeout=120)
     state = {"settings": s, "scenario": scenario, "stream": stream, "first_version": str(first["model_version"]), "flag": flag,
              "service": service, "pid": service.proc.pid, "client": client, "replayed": 0}
