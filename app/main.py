@@ -8,13 +8,13 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import uuid
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -169,6 +169,12 @@ def invalid_request(problems: list[dict], total: int, shown: int = 10) -> str:
     named = "; ".join(f"{p['field']}: {p['problem']}" for p in problems[:shown])
     more = total - min(len(problems), shown)
     return f"invalid request: {named}" + (f"; and {more:,} more" if more > 0 else "")
+
+
+def known_job_id(job_id: str) -> str:
+    "`job_id` if it has the form of a job id (12 hexadecimal digits); else 404, without repeating it."
+    if not re.fullmatch(JOB_ID, job_id): raise HTTPException(404, "there is no job with that id: job ids are 12 hexadecimal digits")
+    return job_id
 
 
 def served_model(request: Request) -> ServedModel:
@@ -337,7 +343,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
              dependencies=[Depends(client_key)],
              responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
                         **keyed, 404: {"model": ErrorBody}, **unavailable})
-    async def model_plot(request: Request, name: Annotated[str, Path_(max_length=100)]) -> Response:
+    async def model_plot(request: Request, name: str) -> Response:
         served = served_model(request)
         if not name.endswith(".png") or name not in served.evaluation:
             raise HTTPException(404, f"model version {served.version} has no such plot; it has {', '.join(n for n in served.evaluation if n.endswith('.png')) or 'none'}")
@@ -429,9 +435,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Job(**job)
 
     @app.post("/jobs/{job_id}/cancel", tags=["jobs"], summary="Cancel a queued or running job: its notebook's processes are killed",
-              dependencies=[Depends(admin_key)], responses={**secured, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
-    async def cancel_job(request: Request, job_id: Annotated[str, Path_(pattern=JOB_ID)]) -> Job:
-        return Job(**await asyncio.to_thread(request.app.state.jobs.cancel, job_id))
+              dependencies=[Depends(admin_key)], responses={**secured, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+    async def cancel_job(request: Request, job_id: str) -> Job:
+        return Job(**await asyncio.to_thread(request.app.state.jobs.cancel, known_job_id(job_id)))
 
     @app.get("/jobs", tags=["jobs"], summary="Recent jobs, newest first", dependencies=[Depends(admin_key)], responses=secured)
     async def list_jobs(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -439,9 +445,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return [Job(**j) for j in request.app.state.store.list_jobs(limit=limit, kind=kind)]
 
     @app.get("/jobs/{job_id}", tags=["jobs"], summary="One job: status, timings, outcome, executed notebook",
-             dependencies=[Depends(admin_key)], responses={**secured, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}})
-    async def get_job(request: Request, job_id: Annotated[str, Path_(pattern=JOB_ID)]) -> Job:
-        job = request.app.state.store.get_job(job_id)
+             dependencies=[Depends(admin_key)], responses={**secured, 404: {"model": ErrorBody}})
+    async def get_job(request: Request, job_id: str) -> Job:
+        job = request.app.state.store.get_job(known_job_id(job_id))
         if job is None: raise HTTPException(404, f"no job has id {job_id}")
         return Job(**job)
 

@@ -7,8 +7,9 @@ Not a test: it prints figures and asserts nothing. Run from the project folder a
 It starts the API (uvicorn, one worker) with a fresh prediction-log database, sends `--requests` single-person POSTs
 to /predict with `--concurrency` in flight (people of adult.test in turn, over keep-alive connections), records every
 status and every prediction id answered, stops the server as an operator would (SIGTERM: uvicorn finishes the
-requests in flight and the service drains its log), then counts the ids in the database: lost = answered but not
-logged; duplicated = logged more than once.
+requests in flight), then counts the ids in the database: lost = answered but not logged (an answer waits for its
+log commit, so this should be 0 even after a SIGKILL: tests/test_durability.py checks that); duplicated = logged more
+than once.
 """
 from __future__ import annotations
 

@@ -153,7 +153,7 @@ def test_admin_endpoints_need_the_key(http):
         assert http.request(method, path).status_code == 401, path
         assert http.request(method, path, headers={"X-API-Key": "wrong"}).status_code == 401, path
     assert http.get("/jobs", headers=ADMIN).status_code == 200
-    assert http.get("/jobs/nope", headers=ADMIN).status_code == 422             # not a job id at all
+    assert http.get("/jobs/nope", headers=ADMIN).status_code == 404             # not even the form of a job id
     assert http.get("/jobs/0123456789ab", headers=ADMIN).status_code == 404
 
 
