@@ -67,13 +67,15 @@ def _category_literal(column: str, value) -> str | None:
         raise _bad("filter_value", f"must be a known category of {column}, or null for unknown")
     return value
 
+_SCALARS = [{"type": "integer"}, {"type": "string"}, {"type": "null"}]      # a literal's JSON types, for the published schema
+
 class Condition(BaseModel):
     "One condition of a row filter: `column op value`, e.g. age <= 35; `in` and `not in` take a list."
     model_config = ConfigDict(extra="forbid", frozen=True)
     column: Literal[tuple(MODEL_INPUTS)]
     op: Literal[(*COMPARISONS, *MEMBERSHIP)]
     value: Any = Field(description="A whole number or a category name (null: unknown) of the column; a list of them for in / not in",
-                       json_schema_extra={"anyOf": [{"type": ["integer", "string", "null"]}, {"type": "array", "items": {"type": ["integer", "string", "null"]}}]})
+                       json_schema_extra={"anyOf": [*_SCALARS, {"type": "array", "items": {"anyOf": _SCALARS}}]})
 
     @field_validator("value")
     @classmethod
