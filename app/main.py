@@ -227,7 +227,9 @@ def parse_training_params(data) -> TrainingParams:
 async def log_answers(request: Request, rows: list[dict]) -> None:
     "Wait until the prediction log has committed `rows`: a prediction is acknowledged only once it is stored."
     settings = request.app.state.settings
-    try: await asyncio.wait_for(asyncio.wrap_future(request.app.state.plog.submit(rows, trusted=True)), settings.log_ack_timeout_seconds)
+    committed = asyncio.wrap_future(request.app.state.plog.submit(rows, trusted=True))
+    try:
+        async with asyncio.timeout(settings.log_ack_timeout_seconds): await committed      # no extra task, unlike wait_for
     except TimeoutError:
         raise LogUnavailable(f"the prediction log did not commit within {settings.log_ack_timeout_seconds:g} s, so the answer "
                              "is withheld (nothing was acknowledged): try again shortly", retry_after=2) from None

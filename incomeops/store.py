@@ -17,6 +17,7 @@ from collections import Counter, deque
 from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -290,12 +291,15 @@ def _upsert(conn: sa.Connection, table: sa.Table):
     "An INSERT into `table` in `conn`'s dialect that can take `on_conflict_do_update`."
     return UPSERTS[conn.dialect.name](table)
 
+@lru_cache(maxsize=len(UPSERTS))
+def _hours_upsert(dialect: str):
+    "The upsert that adds counters to the hours table, built once per dialect (building it costs more than running it)."
+    stmt = UPSERTS[dialect](hours_table)
+    return stmt.on_conflict_do_update(index_elements=["hour", "label"], set_={c: hours_table.c[c] + stmt.excluded[c] for c in HOUR_COUNTERS})
+
 def _add_to_hours(conn: sa.Connection, rows: list[dict]) -> None:
     "Add the counters of `rows` (from `_hour_rows`) to the hours table, inserting the hours not there yet."
-    if not rows: return
-    stmt = _upsert(conn, hours_table)
-    conn.execute(stmt.on_conflict_do_update(index_elements=["hour", "label"],
-                                            set_={c: hours_table.c[c] + stmt.excluded[c] for c in HOUR_COUNTERS}), rows)
+    if rows: conn.execute(_hours_upsert(conn.dialect.name), rows)
 
 def _write_predictions(conn: sa.Connection, rows: list[dict]) -> None:
     "Insert prediction `rows` (checked) and count them by hour, in `conn`'s transaction."
