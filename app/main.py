@@ -27,7 +27,14 @@ from app.observability import Metrics, ObservabilityMiddleware, configure_loggin
 from incomeops import __version__
 from incomeops.config import IncomeOpsError, Settings, get_settings
 from incomeops.features import MODEL_INPUTS
-from incomeops.jobs import JobConflict, JobNotFound, JobRunner, TrainingParams, summarise_predictions
+from incomeops.jobs import (
+    JobConflict,
+    JobNotFound,
+    JobRunner,
+    TrainingParams,
+    UnknownProductionData,
+    summarise_predictions,
+)
 from incomeops.serving import EXAMPLE_PERSON, MAX_BATCH, ModelHolder, Person, ServedModel, validation_problems
 from incomeops.store import LogUnavailable, PredictionLog, Store
 
@@ -417,8 +424,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def start_training(request: Request) -> Job:
         params = parse_training_params(await read_body(request, optional=True))      # read only once the key was checked
         try: job = request.app.state.jobs.train(params)
-        except JobConflict: raise
-        except IncomeOpsError as e: raise RequestInvalid([{"field": "production_data_version", "problem": str(e)}]) from None
+        except UnknownProductionData as e: raise RequestInvalid([{"field": "production_data_version", "problem": str(e)}]) from None
         metrics.jobs.labels("train").inc()
         return Job(**job)
 

@@ -51,11 +51,11 @@ from .training import FAMILIES, HYPERPARAMETERS, use_tracking
 # %% auto #0
 __all__ = ['log', 'CHILD_ENV_NAMES', 'CHILD_ENV_PREFIXES', 'WITHHELD_SETTINGS', 'HEX12', 'leases_table', 'LABEL_NAMES',
            'JobFailed', 'JobStopped', 'notebook_error', 'child_env', 'JobControl', 'kill_tree', 'execute_notebook',
-           'render_html', 'production_rows_path', 'TrainingParams', 'run_training', 'run_profile', 'JobConflict',
-           'JobNotFound', 'renew_lease', 'why_not_live', 'ensure_job_live', 'watch_job', 'finish_job',
-           'live_performance', 'summarise_predictions', 'JobRunner', 'champion_reference', 'champion_summary',
-           'served_rows', 'run_monitoring', 'record_alarms', 'stored_filter', 'retraining_params', 'compare_on_recent',
-           'retrain_champion']
+           'render_html', 'UnknownProductionData', 'production_rows_path', 'TrainingParams', 'run_training',
+           'run_profile', 'JobConflict', 'JobNotFound', 'renew_lease', 'why_not_live', 'ensure_job_live', 'watch_job',
+           'finish_job', 'live_performance', 'summarise_predictions', 'JobRunner', 'champion_reference',
+           'champion_summary', 'served_rows', 'run_monitoring', 'record_alarms', 'stored_filter', 'retraining_params',
+           'compare_on_recent', 'retrain_champion']
 
 # %% ../nbs/12_jobs.ipynb #c14852cb
 log = logging.getLogger(__name__)
@@ -166,6 +166,9 @@ def render_html(notebook: Path) -> Path:
 # %% ../nbs/12_jobs.ipynb #0e761bff
 HEX12 = r"^[0-9a-f]{12}$"
 
+class UnknownProductionData(IncomeOpsError):
+    "A training job names a `production_data_version` this project has no file of."
+
 def production_rows_path(version: str, settings: Settings) -> Path:
     "Where the labelled production rows of content version `version` are (written by `write_production_rows`)."
     return settings.data_dir / "production" / f"production-{version}.parquet"
@@ -221,7 +224,7 @@ def run_training(params: TrainingParams | None = None, settings: Settings | None
     "Run the training pipeline notebook (as job `job_id`, if given); the run's summary (run id, metrics, model version, decision, paths)."
     s, params = settings or get_settings(), params or TrainingParams()
     if params.production_data_version and not production_rows_path(params.production_data_version, s).is_file():
-        raise IncomeOpsError(f"there are no production rows of version {params.production_data_version} in this project")
+        raise UnknownProductionData(f"there are no production rows of version {params.production_data_version} in this project")
     experiment_id = use_tracking(s)
     client = mlflow.MlflowClient()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -428,7 +431,7 @@ class JobRunner:
         "Start the training notebook; after a promotion, call `on_promotion`."
         params = params or TrainingParams()
         if params.production_data_version and not production_rows_path(params.production_data_version, self.settings).is_file():
-            raise IncomeOpsError(f"there are no production rows of version {params.production_data_version} in this project")
+            raise UnknownProductionData(f"there are no production rows of version {params.production_data_version} in this project")
         if active := self.store.running_job("retrain"):
             raise JobConflict(f"a retraining job is {active['status']} (job {active['id']}); try again when it has finished")
         def work(control: JobControl, job_id: str) -> dict:
