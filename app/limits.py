@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from incomeops.serving import shown_name
+from incomeops.schema import shown_name
 
 ERRORS_SHOWN = 20          # problems listed in an error body; the rest are counted in `errors_omitted`
 JSON_TYPES = ("application/json",)

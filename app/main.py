@@ -25,18 +25,14 @@ from pydantic_core import to_json
 from app.limits import ERRORS_SHOWN, JSON_TYPES, BodyLimitMiddleware, error_body, parse_json
 from app.observability import Metrics, ObservabilityMiddleware, configure_logging
 from incomeops import __version__
+from incomeops.cleaning import MODEL_INPUTS
 from incomeops.config import IncomeOpsError, Settings, get_settings
-from incomeops.features import MODEL_INPUTS
-from incomeops.jobs import (
-    JobConflict,
-    JobNotFound,
-    JobRunner,
-    TrainingParams,
-    UnknownProductionData,
-    summarise_predictions,
-)
-from incomeops.serving import EXAMPLE_PERSON, MAX_BATCH, ModelHolder, Person, ServedModel, validation_problems
+from incomeops.jobs import JobConflict, JobNotFound, JobRunner
+from incomeops.loader import ModelHolder, ServedModel
+from incomeops.schema import EXAMPLE_PERSON, MAX_BATCH, Person, validation_problems
 from incomeops.store import LogUnavailable, PredictionLog, Store
+from incomeops.summary import summarise_predictions
+from incomeops.training import TrainingParams, UnknownProductionData
 
 log = logging.getLogger("incomeops.api")
 

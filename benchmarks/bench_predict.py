@@ -27,10 +27,12 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from incomeops.cleaning import build_dataset
+from incomeops.cleaning import MODEL_INPUTS, build_dataset
 from incomeops.config import get_settings
-from incomeops.features import MODEL_INPUTS, model_inputs, target
-from incomeops.serving import FastPredictor, classifier_to_onnx, encode_records
+from incomeops.conversion import classifier_to_onnx
+from incomeops.encoding import encode_records
+from incomeops.features import model_inputs, target
+from incomeops.predictor import FastPredictor
 from incomeops.training import make_model
 
 A, B = "(a) pipeline.predict_proba, one-row DataFrame", "(b) FastPredictor.predict_one(dict)"

@@ -40,9 +40,8 @@ import numpy as np
 import pandas as pd
 import uvloop
 
-from incomeops.cleaning import build_dataset
+from incomeops.cleaning import MODEL_INPUTS, build_dataset
 from incomeops.config import Settings
-from incomeops.features import MODEL_INPUTS
 from incomeops.registry import CHAMPION, version_by_alias
 
 BIN = Path(sys.executable).parent

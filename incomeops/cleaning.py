@@ -26,9 +26,9 @@ from .data import CATEGORIES, LABELS, NUMERIC_COLUMNS, RAW_COLUMNS, acquire, fil
 
 # %% auto #0
 __all__ = ['log', 'NULLABLE_COLUMNS', 'RANGES', 'RAW_SCHEMA', 'TARGET', 'EDUCATION_LEVELS', 'CATEGORICAL_COLUMNS', 'FEATURES',
-           'SPLITS', 'CLEAN_SCHEMA', 'DataValidationError', 'validate_frame', 'clean_name', 'category_dtype',
-           'clean_split', 'clean', 'schema_of', 'dataset_version', 'Snapshot', 'write_snapshot', 'load_snapshot',
-           'cleaning_code_version', 'build_dataset']
+           'SPLITS', 'CLEAN_SCHEMA', 'DROPPED_FEATURES', 'NUMERIC_INPUTS', 'CATEGORICAL_INPUTS', 'MODEL_INPUTS',
+           'DataValidationError', 'validate_frame', 'clean_name', 'category_dtype', 'clean_split', 'clean', 'schema_of',
+           'dataset_version', 'Snapshot', 'write_snapshot', 'load_snapshot', 'cleaning_code_version', 'build_dataset']
 
 # %% ../nbs/02_cleaning.ipynb #e155584e
 log = logging.getLogger(__name__)
@@ -234,3 +234,12 @@ def build_dataset(settings: Settings | None = None) -> Snapshot:
     snap = write_snapshot(df, s.processed_dir, provenance)
     log.info("dataset version %s: %s train and %s test rows", snap.version, counts["train"], counts["test"])
     return snap
+
+# %% ../nbs/02_cleaning.ipynb #a757cf45
+DROPPED_FEATURES = {
+    "education": "the same information as education_num, which ranks it (a one-to-one mapping)",
+    "fnlwgt": "a census sampling weight (how many people a row stands for), not an attribute of the person",
+}
+NUMERIC_INPUTS = ["age", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
+CATEGORICAL_INPUTS = [c for c in CATEGORICAL_COLUMNS if c not in DROPPED_FEATURES]
+MODEL_INPUTS = NUMERIC_INPUTS + CATEGORICAL_INPUTS

@@ -14,11 +14,33 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% auto #0
-__all__ = ['UCI_ARCHIVE_URL', 'IncomeOpsError', 'find_project_root', 'Settings', 'get_settings']
+__all__ = ['UCI_ARCHIVE_URL', 'IncomeOpsError', 'InvalidInput', 'NotFound', 'Conflict', 'find_project_root', 'Settings',
+           'get_settings']
 
 # %% ../nbs/00_config.ipynb #5f6d9fc1
 class IncomeOpsError(Exception):
-    "An error caused by input or environment, with a message written for the person who can fix it."
+    """An error caused by input or environment, with a message written for the person who can fix it.
+
+    `status` is what it means for a client of the API, so the service maps errors in one place: by default the
+    service cannot do it now (503, try again after `retry_after` seconds); the subclasses below say otherwise."""
+    status: int = 503
+    retry_after: int | None = 5
+
+class InvalidInput(IncomeOpsError):
+    "Input that breaks a documented rule (422): `problems` name each field and what is wrong with it, `total` counts them all."
+    status, retry_after = 422, None
+    def __init__(self, message: str = "", problems: list[dict] | None = None, total: int | None = None):
+        self.problems = problems or []
+        self.total = len(self.problems) if total is None else total
+        super().__init__(message or "invalid input: " + "; ".join(f"{p['field']}: {p['problem']}" for p in self.problems))
+
+class NotFound(IncomeOpsError):
+    "The thing asked for does not exist (404)."
+    status, retry_after = 404, None
+
+class Conflict(IncomeOpsError):
+    "The request contradicts the current state: a job of its kind is running, a label was already given (409)."
+    status, retry_after = 409, None
 
 # %% ../nbs/00_config.ipynb #ff333395
 def find_project_root(start: Path | None = None) -> Path:
@@ -63,7 +85,7 @@ class Settings(BaseSettings):
     job_timeout_minutes: float = Field(120, gt=0, description="Wall-clock limit of one job; its notebook's processes are killed then")
     job_lease_seconds: float = Field(30, ge=5, description="A running job whose runner has not renewed its lease for this long is dead")
     monitor_interval_minutes: float = Field(0, ge=0, description="Run the monitoring check this often inside the service (0: never)")
-    # monitoring and retraining: the defaults are justified in 11_monitoring
+    # monitoring and retraining: the defaults are justified in 16_monitoring
     drift_window_rows: int = Field(2000, ge=100, description="Monitoring: the newest predictions compared with the training data")
     drift_min_rows: int = Field(500, ge=50, description="Monitoring: fewer predictions than this: no drift verdict")
     drift_psi_threshold: float = Field(0.2, gt=0, description="Monitoring: a feature whose PSI exceeds this has drifted")

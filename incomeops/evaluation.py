@@ -29,8 +29,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from .cleaning import DROPPED_FEATURES
 from .config import IncomeOpsError
-from .features import DROPPED_FEATURES
 
 # %% auto #0
 __all__ = ['SLICE_COLUMNS', 'AGE_BANDS', 'EDUCATION_GROUPS', 'METRIC_NAMES', 'classification_metrics', 'best_accuracy_threshold',

@@ -21,22 +21,19 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-from .cleaning import CATEGORICAL_COLUMNS, RANGES, TARGET, category_dtype
-from .config import IncomeOpsError
+from incomeops.cleaning import (
+    CATEGORICAL_INPUTS,
+    MODEL_INPUTS,
+    NUMERIC_INPUTS,
+    RANGES,
+    TARGET,
+    category_dtype,
+)
+from .config import InvalidInput
 
 # %% auto #0
-__all__ = ['DROPPED_FEATURES', 'NUMERIC_INPUTS', 'CATEGORICAL_INPUTS', 'MODEL_INPUTS', 'COMPARISONS', 'MEMBERSHIP', 'RowFilter',
-           'UNKNOWN', 'model_inputs', 'target', 'Condition', 'apply_filter', 'filter_text', 'UnsafeQueryError',
-           'legacy_filter', 'ordinal_encoder', 'one_hot_encoder', 'cv_auc']
-
-# %% ../nbs/04_features.ipynb #a757cf45
-DROPPED_FEATURES = {
-    "education": "the same information as education_num, which ranks it (a one-to-one mapping)",
-    "fnlwgt": "a census sampling weight (how many people a row stands for), not an attribute of the person",
-}
-NUMERIC_INPUTS = ["age", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
-CATEGORICAL_INPUTS = [c for c in CATEGORICAL_COLUMNS if c not in DROPPED_FEATURES]
-MODEL_INPUTS = NUMERIC_INPUTS + CATEGORICAL_INPUTS
+__all__ = ['COMPARISONS', 'MEMBERSHIP', 'RowFilter', 'UNKNOWN', 'model_inputs', 'target', 'Condition', 'apply_filter',
+           'filter_text', 'UnsafeQueryError', 'legacy_filter', 'ordinal_encoder', 'one_hot_encoder', 'cv_auc']
 
 # %% ../nbs/04_features.ipynb #64ef4c1b
 def model_inputs(df: pd.DataFrame) -> pd.DataFrame:
@@ -113,7 +110,7 @@ def filter_text(conditions) -> str:
     return " and ".join(f"{c.column} {c.op} {c.value!r}" for c in RowFilter.validate_python(list(conditions)))
 
 # %% ../nbs/04_features.ipynb #45029504
-class UnsafeQueryError(IncomeOpsError):
+class UnsafeQueryError(InvalidInput):
     "A stored query string is not a plain `column op literal [and ...]`, so it is not run."
 
 _CLAUSE = re.compile(r"""\s*([a-z_]+)\s*(==|!=|<=|>=|<|>)\s*(-?\d+|'[^'\\]*'|"[^"\\]*")\s*""")

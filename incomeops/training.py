@@ -12,14 +12,15 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
@@ -28,14 +29,14 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from .cleaning import TARGET, Snapshot
-from .config import IncomeOpsError, Settings, get_settings
-from .features import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS, one_hot_encoder, ordinal_encoder
+from .cleaning import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS, TARGET, Snapshot
+from .config import IncomeOpsError, InvalidInput, Settings, get_settings
+from .features import Condition, one_hot_encoder, ordinal_encoder
 
 # %% auto #0
-__all__ = ['log', 'DEFAULT_PARAMS', 'FAMILIES', 'PARAM_RANGES', 'HYPERPARAMETERS', 'SIGNATURE', 'make_model', 'checked_params',
-           'CVResult', 'folds_of', 'cross_validate', 'leaderboard', 'use_tracking', 'git_state', 'log_dataset',
-           'log_model']
+__all__ = ['log', 'DEFAULT_PARAMS', 'FAMILIES', 'PARAM_RANGES', 'HYPERPARAMETERS', 'SIGNATURE', 'HEX12', 'make_model',
+           'checked_params', 'CVResult', 'folds_of', 'cross_validate', 'leaderboard', 'use_tracking', 'git_state',
+           'log_dataset', 'log_model', 'UnknownProductionData', 'production_rows_path', 'TrainingParams']
 
 # %% ../nbs/05_training.ipynb #754272a9
 log = logging.getLogger(__name__)
@@ -186,3 +187,58 @@ def log_model(model: Pipeline, input_example: pd.DataFrame, name: str = "model")
     return mlflow.sklearn.log_model(model, name=name, signature=SIGNATURE, input_example=input_example,
                                     pyfunc_predict_fn="predict_proba", skops_trusted_types=trusted,
                                     pip_requirements=_requirements(model))
+
+# %% ../nbs/05_training.ipynb #0e761bff
+HEX12 = r"^[0-9a-f]{12}$"
+
+class UnknownProductionData(InvalidInput):
+    "A training job names a `production_data_version` this project has no file of."
+
+def production_rows_path(version: str, settings: Settings) -> Path:
+    "Where the labelled production rows of content version `version` are (written by `write_production_rows`)."
+    return settings.data_dir / "production" / f"production-{version}.parquet"
+
+class TrainingParams(BaseModel):
+    "Parameters of the training pipeline notebook (see its parameters cell)."
+    model_config = ConfigDict(extra="forbid")
+    data_version: str = Field("latest", pattern=r"^(latest|[0-9a-f]{12})$", description="A snapshot version or 'latest'")
+    candidates: str = Field("logreg,hgb,lightgbm", max_length=100, description="Comma-separated families for the leaderboard")
+    model_family: str = Field("auto", description="'auto' (the leaderboard's best) or a family")
+    n_trials: int = Field(20, ge=0, le=500, description="Optuna trials (0: no tuning)")
+    tune_timeout: int = Field(0, ge=0, le=86_400, description="Tuning time limit in seconds (0: none; a limit breaks reproducibility)")
+    cv_folds: int = Field(5, ge=2, le=10)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    params_override: dict = Field(default_factory=dict, description="Fixed hyperparameters of model_family, within its ranges (skips tuning)")
+    register: bool = True
+    promote: bool = True
+    production_data_version: str = Field("", pattern=r"^([0-9a-f]{12})?$", description="Labelled production rows to add (a version "
+                                         "written by the monitoring's retraining; needs evidence='holdout')")
+    train_filter: list[Condition] = Field(default_factory=list, max_length=20, description="Conditions the training rows must meet (all of them)")
+    eval_filter: list[Condition] = Field(default_factory=list, max_length=20, description="Conditions the held-out rows evaluated on must meet")
+    evidence: Literal["test", "holdout"] = Field("test", description="Held-out rows: all of adult.test, or its frozen gate half")
+
+    @field_validator("candidates")
+    @classmethod
+    def _known_candidates(cls, v: str) -> str:
+        names = [f.strip() for f in v.split(",") if f.strip()]
+        if not names or (bad := sorted(set(names) - set(FAMILIES))):
+            raise ValueError(f"candidates must name families from {', '.join(FAMILIES)}" + (f"; {len(bad)} unknown" if names else ""))
+        return ",".join(names)
+
+    @field_validator("model_family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        if v != "auto" and v not in FAMILIES: raise ValueError(f"model_family must be 'auto' or one of {', '.join(FAMILIES)}")
+        return v
+
+    @field_validator("params_override")
+    @classmethod
+    def _declared_hyperparameters(cls, v: dict, info: ValidationInfo) -> dict:
+        family = info.data.get("model_family")
+        if not v or family is None: return v
+        if family == "auto": raise ValueError("params_override needs model_family to name a family (its hyperparameters differ)")
+        return HYPERPARAMETERS[family].model_validate(v).model_dump(exclude_unset=True)   # names each unknown or out-of-range one
+
+    def as_notebook_parameters(self) -> dict:
+        "These parameters as the notebook's parameters cell takes them (plain JSON values)."
+        return self.model_dump(mode="json")

@@ -251,7 +251,7 @@ def prepare(rel: Path, run: bool, force: bool) -> dict:
 def prepare_all(notebooks: list[Path], run: bool, force: bool, jobs: int) -> dict[Path, dict]:
     "Execute and process every notebook, `jobs` at a time (one worker process each); rel -> result of `prepare`."
     for k, v in EXECUTE_ENV.items(): os.environ.setdefault(k, v)        # inherited by the workers
-    slow_first = ("07_tuning.ipynb", "09_serving.ipynb", "05_training.ipynb", "04_features.ipynb")
+    slow_first = ("07_tuning.ipynb", "12_predictor.ipynb", "05_training.ipynb", "04_features.ipynb")
     todo = sorted(notebooks, key=lambda rel: slow_first.index(rel.name) if rel.name in slow_first else len(slow_first))
     fresh = [rel for rel in todo if run and runs_here(rel) and (force or cached_execution(rel) is None)]
     print(f"Notebooks: {len(notebooks)}; executing {len(fresh)} ({jobs} at a time, one thread each), "

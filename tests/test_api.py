@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from api_support import ADMIN_KEY, ApiServer, clean_frames, register_model
-from incomeops.features import MODEL_INPUTS
-from incomeops.serving import EXAMPLE_PERSON
+from incomeops.cleaning import MODEL_INPUTS
+from incomeops.schema import EXAMPLE_PERSON
 from incomeops.store import Store
 
 ADMIN = {"X-API-Key": ADMIN_KEY}

@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from conftest import REPO, free_port
+from incomeops.cleaning import MODEL_INPUTS
 from incomeops.config import Settings
-from incomeops.features import MODEL_INPUTS
-from incomeops.serving import EXAMPLE_PERSON
+from incomeops.schema import EXAMPLE_PERSON
 
 BIN = Path(sys.executable).parent  # the project's .venv/bin
 UV = REPO / ".tools" / "bin" / "uv"

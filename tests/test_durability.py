@@ -25,7 +25,7 @@ from api_support import (
     wait_for_job,
     wait_until,
 )
-from incomeops.serving import EXAMPLE_PERSON
+from incomeops.schema import EXAMPLE_PERSON
 from incomeops.store import Store
 
 pytestmark = pytest.mark.timeout(420)

@@ -29,7 +29,7 @@ from api_support import (
     raw_exchange,
     wait_for_job,
 )
-from incomeops.serving import EXAMPLE_PERSON
+from incomeops.schema import EXAMPLE_PERSON
 from incomeops.store import Store
 
 pytestmark = pytest.mark.timeout(300)

@@ -19,7 +19,7 @@ import pytest
 
 from api_support import ADMIN_KEY, ApiServer, PostgresCluster, assert_error_body, new_champion_project, wait_until
 from conftest import REPO
-from incomeops.serving import EXAMPLE_PERSON
+from incomeops.schema import EXAMPLE_PERSON
 from incomeops.store import Store
 
 pytestmark = pytest.mark.timeout(600)

@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from api_support import ADMIN_KEY, ApiServer, project_settings, register_model
-from incomeops.serving import EXAMPLE_PERSON, ModelHolder
+from incomeops.loader import ModelHolder
+from incomeops.schema import EXAMPLE_PERSON
 from incomeops.store import PredictionLog, Store
 
 SERVICE_URL = os.environ.get("INCOMEOPS_TEST_POSTGRES_URL")

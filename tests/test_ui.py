@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from api_support import ApiServer
 from conftest import REPO
-from incomeops.features import MODEL_INPUTS
+from incomeops.cleaning import MODEL_INPUTS
 
 pytestmark = pytest.mark.timeout(600)
 
