@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
@@ -22,7 +22,7 @@ from incomeops.monitoring import (
     Verdict,
 )
 from .notebooks import JobControl, JobStopped, run_training
-from .retraining import record_alarms, retrain_champion, run_monitoring
+from .retraining import record_alarms, retrain_champion, retraining_hold, run_monitoring
 from .store import ACTIVE_STATUSES, Store, Timestamp, jobs_table
 from .training import TrainingParams, UnknownProductionData, production_rows_path
 
@@ -198,19 +198,7 @@ class JobRunner:
     def maybe_retrain(self, verdict: Verdict, served) -> dict | None:
         "Start a retraining if `verdict` asks for one and no rule holds it back; what happened (None: not asked)."
         if not verdict.retrain: return None
-        s = self.settings
-        if active := self.store.running_job("retrain") or self.store.running_job("train"):
-            return {"started": False, "why": f"a {active['kind']} job is already {active['status']} (job {active['id']})"}
-        last = self.store.list_jobs(limit=1, kind="retrain")
-        if last and last[0]["created_at"] > datetime.now(UTC) - timedelta(minutes=s.retrain_cooldown_minutes):
-            return {"started": False, "why": f"cooldown: the last retraining started at {last[0]['created_at']:%Y-%m-%d %H:%M} UTC "
-                                             f"(retrain_cooldown_minutes={s.retrain_cooldown_minutes:g})"}
-        labelled = self.store.prediction_totals()["labelled"]
-        if labelled < s.drift_min_rows:
-            return {"started": False, "why": f"only {labelled} labelled predictions to learn from; waiting for {s.drift_min_rows}"}
-        if last and (new := self.store.labels_since(last[0]["created_at"])) < s.retrain_min_new_labels:
-            return {"started": False, "why": f"only {new} labels came in since the last retraining started; "
-                                             f"waiting for {s.retrain_min_new_labels} (retrain_min_new_labels)"}
+        if why := retraining_hold(self.store, self.settings): return {"started": False, "why": why}
         reason = "; ".join(a.message for a in verdict.alarms if a.retrain)
         try: job = self.retrain(served, reason)
         except JobConflict as e: return {"started": False, "why": str(e)}

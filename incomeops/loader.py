@@ -25,8 +25,9 @@ from .cleaning import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS, RANGES, 
 from .config import IncomeOpsError, Settings, get_settings
 from .features import model_inputs
 from .predictor import FastPredictor, verified_predictor
-from .registry import CHAMPION, decision_threshold, load_sklearn, use_registry, version_by_alias
+from .registry import CHAMPION, RegistryUnavailable, decision_threshold, load_sklearn, version_by_alias
 from .schema import input_schema
+from .training import mlflow_client
 
 # %% auto #0
 __all__ = ['log', 'synthetic_people', 'ServedModel', 'evaluation_files', 'load_served_model', 'ModelHolder']
@@ -93,11 +94,13 @@ def _parity_sample(dataset_version: str | None, settings: Settings) -> pd.DataFr
         parts.append(model_inputs(df[df["split"] == "test"]))
     return pd.concat(parts, ignore_index=True)
 
-def evaluation_files(run_id: str | None) -> dict[str, bytes]:
+def evaluation_files(run_id: str | None, settings: Settings | None = None) -> dict[str, bytes]:
     "The training run's evaluation artifacts (model card, slice table, plots) by file name; empty if it has none."
     if not run_id: return {}
+    s = settings or get_settings()
     with tempfile.TemporaryDirectory() as d:
-        try: folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation", dst_path=d))
+        try: folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation", dst_path=d,
+                                                                tracking_uri=s.mlflow_tracking_uri))
         except (MlflowException, OSError) as e:
             log.warning("no evaluation artifacts for run %s: %s", run_id, e)
             return {}
@@ -106,8 +109,9 @@ def evaluation_files(run_id: str | None) -> dict[str, bytes]:
 def load_served_model(version, settings: Settings | None = None) -> ServedModel:
     "A registered model `version` (an MLflow `ModelVersion`) loaded, verified and described."
     s, start = settings or get_settings(), time.perf_counter()
-    pipeline, threshold = load_sklearn(version), decision_threshold(version)
-    run = use_registry(s).get_run(version.run_id) if version.run_id else None
+    pipeline, threshold = load_sklearn(version, s), decision_threshold(version)
+    try: run = mlflow_client(s).get_run(version.run_id) if version.run_id else None
+    except MlflowException as e: raise RegistryUnavailable(f"the training run of version {version.version} cannot be read ({e.error_code})") from e
     metrics = {k.removeprefix("test_"): v for k, v in (run.data.metrics if run else {}).items() if k.startswith("test_")}
     dataset_version = version.tags.get("dataset_version") or (run.data.tags.get("dataset_version") if run else None)
     sample = _parity_sample(dataset_version, s)
@@ -116,7 +120,7 @@ def load_served_model(version, settings: Settings | None = None) -> ServedModel:
     return ServedModel(name=version.name, version=str(version.version), run_id=version.run_id, threshold=threshold,
                        predictor=predictor, dataset_version=dataset_version, family=version.tags.get("family"),
                        test_metrics=metrics, parity={"rows": len(sample), "max_abs_diff": worst},
-                       evaluation=evaluation_files(version.run_id),
+                       evaluation=evaluation_files(version.run_id, s),
                        load_seconds=time.perf_counter() - start)
 
 class ModelHolder:

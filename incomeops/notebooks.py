@@ -26,7 +26,13 @@ import psutil
 from mlflow.entities import RunStatus
 
 from .config import IncomeOpsError, Settings, get_settings
-from .training import TrainingParams, UnknownProductionData, production_rows_path, use_tracking
+from incomeops.training import (
+    TrainingParams,
+    UnknownProductionData,
+    mlflow_client,
+    production_rows_path,
+    training_experiment,
+)
 
 # %% auto #0
 __all__ = ['log', 'CHILD_ENV_NAMES', 'CHILD_ENV_PREFIXES', 'WITHHELD_SETTINGS', 'JobFailed', 'JobStopped', 'notebook_error',
@@ -145,8 +151,8 @@ def run_training(params: TrainingParams | None = None, settings: Settings | None
     s, params = settings or get_settings(), params or TrainingParams()
     if params.production_data_version and not production_rows_path(params.production_data_version, s).is_file():
         raise UnknownProductionData(f"there are no production rows of version {params.production_data_version} in this project")
-    experiment_id = use_tracking(s)
-    client = mlflow.MlflowClient()
+    client = mlflow_client(s)
+    experiment_id = training_experiment(s, client)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run = client.create_run(experiment_id, run_name=f"train-{stamp}",
                             tags={"mlflow.source.name": "nbs/pipelines/train.ipynb", "mlflow.source.type": "NOTEBOOK"})

@@ -8,6 +8,7 @@ Docs: https://incomeops.github.io/incomeops/registry.html.md"""
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 
 import mlflow
@@ -20,15 +21,19 @@ from sklearn.metrics import log_loss, roc_auc_score
 from .config import IncomeOpsError, Settings, get_settings
 from .evaluation import slice_metrics
 from .features import model_inputs, target
-from .training import use_tracking
+from .training import mlflow_client
 
 # %% auto #0
-__all__ = ['log', 'CHAMPION', 'CHALLENGER', 'GateDecision', 'compare', 'use_registry', 'version_by_alias', 'model_uri',
+__all__ = ['log', 'CHAMPION', 'CHALLENGER', 'RegistryUnavailable', 'GateDecision', 'compare', 'version_by_alias', 'model_uri',
            'load_sklearn', 'decision_threshold', 'register_challenger', 'decide_promotion', 'apply_decision']
 
 # %% ../nbs/08_registry.ipynb #02eb4881
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
+
+class RegistryUnavailable(IncomeOpsError):
+    "The model registry cannot be read or a model cannot be fetched from it now (the service answers 503 and retries)."
+
 
 # %% ../nbs/08_registry.ipynb #1b7f99aa
 @dataclass
@@ -79,26 +84,27 @@ def compare(frame: pd.DataFrame, p_challenger: np.ndarray, p_champion: np.ndarra
     return GateDecision(not failures, failures or notes, new, old, slices)
 
 # %% ../nbs/08_registry.ipynb #cbaed66c
-def use_registry(settings: Settings | None = None) -> mlflow.MlflowClient:
-    "An MLflow client on the configured tracking store and registry."
-    use_tracking(settings)
-    return mlflow.MlflowClient()
-
 def version_by_alias(alias: str, settings: Settings | None = None) -> ModelVersion | None:
     "The version of the registered model that carries `alias`, or None (no such alias, or no model yet)."
     s = settings or get_settings()
-    try: return use_registry(s).get_model_version_by_alias(s.model_name, alias)
+    try: return mlflow_client(s).get_model_version_by_alias(s.model_name, alias)
     except MlflowException as e:
         if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"): return None
-        raise
+        raise RegistryUnavailable(f"the model registry cannot be read ({e.error_code}); the service keeps what it serves and retries") from e
 
 def model_uri(version: ModelVersion) -> str:
     "The `models:/name/version` URI of a registered version."
     return f"models:/{version.name}/{version.version}"
 
-def load_sklearn(version: ModelVersion):
-    "The fitted scikit-learn pipeline of a registered version."
-    return mlflow.sklearn.load_model(model_uri(version))
+def load_sklearn(version: ModelVersion, settings: Settings | None = None):
+    "The fitted scikit-learn pipeline of a registered version, fetched through an explicit client (no process-wide URI)."
+    s = settings or get_settings()
+    try:
+        source = mlflow_client(s).get_model_version_download_uri(version.name, version.version)
+        with tempfile.TemporaryDirectory() as d:
+            return mlflow.sklearn.load_model(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=d, tracking_uri=s.mlflow_tracking_uri))
+    except (MlflowException, OSError) as e:
+        raise RegistryUnavailable(f"model version {version.version} cannot be loaded from the registry ({type(e).__name__})") from e
 
 def decision_threshold(version: ModelVersion) -> float:
     "The decision threshold stored with a registered version."
@@ -109,8 +115,12 @@ def decision_threshold(version: ModelVersion) -> float:
 def register_challenger(logged_model_uri: str, run_id: str, tags: dict[str, str], settings: Settings | None = None) -> ModelVersion:
     "Register a logged model as a new version of the model and point the `challenger` alias at it."
     s = settings or get_settings()
-    client = use_registry(s)
-    mv = mlflow.register_model(logged_model_uri, s.model_name, tags={"run_id": run_id, **tags})
+    client = mlflow_client(s)
+    try: client.create_registered_model(s.model_name)
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_ALREADY_EXISTS": raise
+    logged_model = logged_model_uri.removeprefix("models:/") if logged_model_uri.startswith("models:/m-") else None
+    mv = client.create_model_version(s.model_name, logged_model_uri, run_id=run_id, tags={"run_id": run_id, **tags}, model_id=logged_model)
     client.set_registered_model_alias(s.model_name, CHALLENGER, mv.version)
     log.info("registered %s version %s as %s", s.model_name, mv.version, CHALLENGER)
     return client.get_model_version(s.model_name, mv.version)
@@ -121,19 +131,19 @@ def decide_promotion(challenger: ModelVersion, evidence: pd.DataFrame, settings:
     s = settings or get_settings()
     champion = version_by_alias(CHAMPION, s)
     X = model_inputs(evidence)
-    p_new = load_sklearn(challenger).predict_proba(X)[:, 1]
+    p_new = load_sklearn(challenger, s).predict_proba(X)[:, 1]
     if champion is None:
         return GateDecision(True, ["no champion yet: the first model becomes champion"], _headline(target(evidence), p_new))
     if champion.version == challenger.version:
         return GateDecision(False, [f"version {challenger.version} is already champion"], _headline(target(evidence), p_new))
-    decision = compare(evidence, p_new, load_sklearn(champion).predict_proba(X)[:, 1], s)
+    decision = compare(evidence, p_new, load_sklearn(champion, s).predict_proba(X)[:, 1], s)
     decision.reasons.append(f"challenger is version {challenger.version}, champion version {champion.version}")
     return decision
 
 def apply_decision(decision: GateDecision, challenger: ModelVersion, settings: Settings | None = None) -> ModelVersion:
     "Tag the run and the model version with `decision`; if it promotes, move `champion` to the challenger."
     s = settings or get_settings()
-    client = use_registry(s)
+    client = mlflow_client(s)
     for k, v in decision.as_tags().items():
         client.set_model_version_tag(s.model_name, challenger.version, k, v)
         if challenger.run_id: client.set_tag(challenger.run_id, k, v)

@@ -29,13 +29,13 @@ from incomeops.monitoring import (
     write_production_rows,
 )
 from .notebooks import JobControl, run_training
-from .registry import load_sklearn, use_registry
+from .registry import load_sklearn
 from .schema import validation_problems
-from .training import TrainingParams
+from .training import TrainingParams, mlflow_client
 
 # %% auto #0
 __all__ = ['log', 'champion_reference', 'champion_summary', 'served_rows', 'run_monitoring', 'record_alarms', 'stored_filter',
-           'retraining_params', 'compare_on_recent', 'retrain_champion']
+           'retraining_params', 'compare_on_recent', 'retrain_champion', 'retraining_hold']
 
 # %% ../nbs/18_retraining.ipynb #c14852cb
 log = logging.getLogger(__name__)
@@ -107,8 +107,8 @@ def retraining_params(config: dict, production_data_version: str, settings: Sett
 def compare_on_recent(recent: pd.DataFrame, versions: dict[str, str], settings: Settings) -> dict | None:
     "ROC AUC of each registered model version (name -> version) on the `recent` labelled rows; None if too few."
     if len(recent) < 50 or recent["true_label"].nunique() < 2: return None
-    client, X, y = use_registry(settings), model_inputs(recent), recent["true_label"].astype(int).to_numpy()
-    scores = {f"{name}_roc_auc": float(roc_auc_score(y, load_sklearn(client.get_model_version(settings.model_name, v)).predict_proba(X)[:, 1]))
+    client, X, y = mlflow_client(settings), model_inputs(recent), recent["true_label"].astype(int).to_numpy()
+    scores = {f"{name}_roc_auc": float(roc_auc_score(y, load_sklearn(client.get_model_version(settings.model_name, v), settings).predict_proba(X)[:, 1]))
               for name, v in versions.items()}
     return {"rows": len(recent), **scores}
 
@@ -127,8 +127,26 @@ def retrain_champion(store, served, settings: Settings, on_promotion: Callable[[
         store.add_alert("promotion", f"retrained version {new} replaced version {served.version}", {"model_version": str(new)})
         if on_promotion: on_promotion()
     keep = ("run_id", "model_version", "decision", "reasons", "test", "notebook_html")
-    tags = use_registry(settings).get_model_version(settings.model_name, str(new)).tags if new else {}
+    tags = mlflow_client(settings).get_model_version(settings.model_name, str(new)).tags if new else {}
     return {**{k: summary.get(k) for k in keep}, "promoted": promoted, "champion_version": served.version,
             "gate": {k.removeprefix("gate."): v for k, v in tags.items() if k.startswith("gate.") and k != "gate.reasons"},
             "production_rows": len(older), "production_data_version": data_version,
             "recent_window": compare_on_recent(recent, {"champion": served.version, "challenger": str(new)}, settings) if new else None}
+
+# %% ../nbs/18_retraining.ipynb #06d3cf80
+def retraining_hold(store, settings: Settings) -> str | None:
+    "Why a retraining asked for by the monitoring must wait now (None: it may start). Storm guards: see 16_monitoring."
+    s = settings
+    if active := store.running_job("retrain") or store.running_job("train"):
+        return f"a {active['kind']} job is already {active['status']} (job {active['id']})"
+    last = store.list_jobs(limit=1, kind="retrain")
+    if last and last[0]["created_at"] > datetime.now(UTC) - timedelta(minutes=s.retrain_cooldown_minutes):
+        return (f"cooldown: the last retraining started at {last[0]['created_at']:%Y-%m-%d %H:%M} UTC "
+                f"(retrain_cooldown_minutes={s.retrain_cooldown_minutes:g})")
+    labelled = store.prediction_totals()["labelled"]
+    if labelled < s.drift_min_rows: return f"only {labelled} labelled predictions to learn from; waiting for {s.drift_min_rows}"
+    if last and (new := store.labels_since(last[0]["created_at"])) < s.retrain_min_new_labels:
+        return (f"only {new} labels came in since the last retraining started; "
+                f"waiting for {s.retrain_min_new_labels} (retrain_min_new_labels)")
+    return None
+

@@ -8,14 +8,8 @@ Docs: https://incomeops.github.io/incomeops/simulation.html.md"""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +20,15 @@ from .cleaning import TARGET, build_dataset
 from .client import ApiClient
 from .config import IncomeOpsError, Settings, get_settings
 from .features import filter_text, model_inputs
+from .harness import NotYet, api_server, wait_until
 from .monitoring import split_test_file
 from .notebooks import run_training
 from .training import TrainingParams
 
 # %% auto #0
 __all__ = ['Change', 'YOUNG', 'SCENARIOS', 'unchanged', 'graduates_cross_the_line', 'occupation_not_sent',
-           'household_columns_shuffled', 'Scenario', 'free_port', 'Service', 'wait_for_job', 'people', 'replay',
-           'scenario_settings', 'first_champion', 'summarise_scenario', 'run_scenario', 'timeline_plot',
-           'write_results']
+           'household_columns_shuffled', 'Scenario', 'wait_for_job', 'people', 'replay', 'scenario_settings',
+           'first_champion', 'summarise_scenario', 'run_scenario', 'timeline_plot', 'write_results']
 
 # %% ../nbs/24_simulation.ipynb #a7abdd23
 Change = Callable[[pd.DataFrame, np.random.Generator], pd.DataFrame]
@@ -80,58 +74,14 @@ SCENARIOS = {s.name: s for s in [
              expected="performance"),
 ]}
 
-# %% ../nbs/24_simulation.ipynb #0b413d22
-def free_port() -> int:
-    "A TCP port on 127.0.0.1 that nothing listens on right now."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-@dataclass
-class Service:
-    "The API (uvicorn) in a child process, configured by `settings`, on a free loopback port."
-    settings: Settings
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str: return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 180) -> Service:
-        "Start it and wait until it serves a champion (`/ready`)."
-        env = {**os.environ, **self.settings.as_env(), "OMP_NUM_THREADS": "1"}
-        log = open(self.settings.root / f"api-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-                                      "--no-access-log"], cwd=self.settings.notebooks_dir.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
-        client, deadline = ApiClient(self.url, timeout=2), time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None: raise IncomeOpsError(f"the API exited with status {self.proc.returncode}; see {log.name}")
-                try: return client.request("GET", "/ready") and self
-                except IncomeOpsError: time.sleep(0.3)
-        finally: client.close()
-        self.stop()
-        raise IncomeOpsError(f"the API was not ready within {timeout:.0f} s; see {log.name}")
-
-    def stop(self, timeout: float = 30) -> None:
-        "SIGTERM, then SIGKILL if it does not stop in time."
-        if self.proc is None or self.proc.poll() is not None: return
-        self.proc.send_signal(signal.SIGTERM)
-        try: self.proc.wait(timeout)
-        except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
-
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
-
 # %% ../nbs/24_simulation.ipynb #f8214ac8
 def wait_for_job(client: ApiClient, job_id: str, timeout: float = 900, poll: float = 0.5) -> dict:
-    "The job's record once it has finished (or failed)."
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    "The job's record once it has finished (or failed); `TimedOut` after `timeout` s."
+    def finished():
         job = client.request("GET", f"/jobs/{job_id}")
-        if job["status"] not in ("queued", "running"): return job
-        time.sleep(poll)
-    raise IncomeOpsError(f"job {job_id} did not finish within {timeout:.0f} s")
+        if job["status"] in ("queued", "running"): raise NotYet(f"it is {job['status']}")
+        return job
+    return wait_until(finished, timeout, f"job {job_id} finishing", poll)
 
 def people(batch: pd.DataFrame) -> list[dict]:
     "A batch of clean rows as the API's request body: every model input present, unknown categories as null."
@@ -234,7 +184,7 @@ def run_scenario(name: str, folder: Path, base: Settings | None = None, batch_ro
     stream = stream.head(max_rows) if max_rows else stream
     say(f"{name}: training the first champion ({scenario.trained_on})")
     first = first_champion(scenario, s)
-    with Service(s) as service:
+    with api_server(s, env={"OMP_NUM_THREADS": "1"}) as service:
         say(f"{name}: version {first['model_version']} serves at {service.url}; replaying {len(stream):,} rows")
         client = ApiClient(service.url, api_key=s.api_key.get_secret_value(), timeout=120, retries=5)
         report = lambda step: say(f"{name}: {step['rows_served']:>6,} rows, {step['labelled']:>6,} labelled, v{step['served_version']}"

@@ -16,6 +16,7 @@ import threading
 from collections import Counter, deque
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -33,7 +34,8 @@ from .config import Conflict, IncomeOpsError, Settings, get_settings
 __all__ = ['log', 'metadata', 'Timestamp', 'predictions_table', 'feedback_table', 'hours_table', 'labelled_table', 'jobs_table',
            'alerts_table', 'SQLITE_PRAGMAS', 'DRIVERS', 'PREDICTION_FIELDS', 'PREDICTION_COLUMNS', 'FEEDBACK_COLUMNS',
            'JOB_STATUSES', 'ACTIVE_STATUSES', 'JOB_FIELDS', 'INTERRUPTED', 'UPSERTS', 'HOUR_COUNTERS', 'StoreError',
-           'DuplicatePredictionError', 'make_engine', 'Store', 'LogUnavailable', 'PredictionLog']
+           'DuplicatePredictionError', 'make_engine', 'LogBatch', 'batches_of', 'Store', 'LogUnavailable',
+           'PredictionLog']
 
 # %% ../nbs/14_store.ipynb #bc75df26
 log = logging.getLogger(__name__)
@@ -197,6 +199,49 @@ def _prediction_row(row: dict, i: int = 0) -> dict:
     return {"prediction_id": _prediction_id(row["prediction_id"], what), "created_at": _utc(row["created_at"], f"{what}: created_at"),
             "model_version": _short_text(row["model_version"], f"{what}: model_version"), "probability": float(p),
             "label": _label(row["label"], what), "features": _json_dict(row["features"], f"{what}: features")}
+
+# %% ../nbs/14_store.ipynb #ff78a3ae
+@dataclass(slots=True)
+class LogBatch:
+    "The predictions of one request, as the prediction log takes them: one time and model version, one entry per person."
+    ids: list[str]                   # prediction ids, 32 hexadecimal digits
+    created_at: datetime             # when the request was answered (timezone-aware)
+    model_version: str
+    probabilities: list[float]       # in [0, 1]
+    labels: list[int]                # 0 or 1, the decision at the model's threshold
+    features: list[dict]             # each person's validated inputs, stored as JSON
+
+    def __len__(self) -> int: return len(self.ids)
+
+    def rows(self) -> list[dict]:
+        "The batch as prediction rows (the `PREDICTION_FIELDS`)."
+        return [{"prediction_id": i, "created_at": self.created_at, "model_version": self.model_version, "probability": p, "label": y,
+                 "features": f} for i, p, y, f in zip(self.ids, self.probabilities, self.labels, self.features)]
+
+    def part(self, start: int, stop: int) -> LogBatch:
+        "Persons `start` to `stop` (excluded) of the batch."
+        return LogBatch(self.ids[start:stop], self.created_at, self.model_version, self.probabilities[start:stop],
+                        self.labels[start:stop], self.features[start:stop])
+
+def batches_of(rows: list[dict]) -> list[LogBatch]:
+    "Prediction `rows` as batches, one per run of consecutive rows with the same `created_at` and `model_version`."
+    out: list[LogBatch] = []
+    for i, row in enumerate(rows):
+        try: pid, when, version, p, y, f = (row[k] for k in PREDICTION_FIELDS)
+        except (KeyError, TypeError): _prediction_row(row, i)            # raises, naming what is wrong
+        last = out[-1] if out else None
+        if last is None or (when is not last.created_at and when != last.created_at) or version != last.model_version:
+            last = LogBatch([], when, version, [], [], [])
+            out.append(last)
+        last.ids.append(pid), last.probabilities.append(p), last.labels.append(y), last.features.append(f)
+    return out
+
+def _same_lengths(batch: LogBatch) -> LogBatch:
+    "`batch` if it is a `LogBatch` whose lists are all as long as its ids (else a zip would drop people silently)."
+    if not isinstance(batch, LogBatch): raise StoreError(f"the prediction log takes a LogBatch or a list of rows, not {type(batch).__name__}")
+    sizes = [len(batch.ids), len(batch.probabilities), len(batch.labels), len(batch.features)]
+    if len(set(sizes)) > 1: raise StoreError(f"a LogBatch needs as many ids, probabilities, labels and features ({', '.join(map(str, sizes))})")
+    return batch
 
 # %% ../nbs/14_store.ipynb #90e4300c
 PREDICTION_COLUMNS = ["prediction_id", "created_at", "model_version", "probability", "label"]

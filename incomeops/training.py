@@ -35,8 +35,9 @@ from .features import Condition, one_hot_encoder, ordinal_encoder
 
 # %% auto #0
 __all__ = ['log', 'DEFAULT_PARAMS', 'FAMILIES', 'PARAM_RANGES', 'HYPERPARAMETERS', 'SIGNATURE', 'HEX12', 'make_model',
-           'checked_params', 'CVResult', 'folds_of', 'cross_validate', 'leaderboard', 'use_tracking', 'git_state',
-           'log_dataset', 'log_model', 'UnknownProductionData', 'production_rows_path', 'TrainingParams']
+           'checked_params', 'CVResult', 'folds_of', 'cross_validate', 'leaderboard', 'mlflow_client',
+           'training_experiment', 'use_tracking', 'git_state', 'log_dataset', 'log_model', 'UnknownProductionData',
+           'production_rows_path', 'TrainingParams']
 
 # %% ../nbs/05_training.ipynb #754272a9
 log = logging.getLogger(__name__)
@@ -144,13 +145,25 @@ def leaderboard(candidates: list[str], X: pd.DataFrame, y: np.ndarray, n_folds: 
     return table, results
 
 # %% ../nbs/05_training.ipynb #f442bb02
+def mlflow_client(settings: Settings | None = None) -> mlflow.MlflowClient:
+    "A client of the configured tracking store and registry; it changes nothing process-wide, so a service can hold several."
+    s = settings or get_settings()
+    return mlflow.MlflowClient(tracking_uri=s.mlflow_tracking_uri, registry_uri=s.mlflow_tracking_uri)
+
+def training_experiment(settings: Settings | None = None, client: mlflow.MlflowClient | None = None) -> str:
+    "The id of the training experiment in the configured store, created (with the configured artifact location) if new."
+    s = settings or get_settings()
+    client = client or mlflow_client(s)
+    exp = client.get_experiment_by_name(s.experiment_name)
+    return exp.experiment_id if exp else client.create_experiment(s.experiment_name, artifact_location=s.mlflow_artifact_location)
+
 def use_tracking(settings: Settings | None = None) -> str:
-    "Point MLflow at the configured tracking store and registry and make the training experiment (created if new) current."
+    """Point MLflow's fluent API (`mlflow.start_run`, `log_model`) at the configured store and make the training experiment
+    current; its id. Process-wide, so only for a process that trains: the pipeline notebook's kernel, a reader's session."""
     s = settings or get_settings()
     mlflow.set_tracking_uri(s.mlflow_tracking_uri)
     mlflow.set_registry_uri(s.mlflow_tracking_uri)
-    exp = mlflow.get_experiment_by_name(s.experiment_name)
-    exp_id = exp.experiment_id if exp else mlflow.create_experiment(s.experiment_name, artifact_location=s.mlflow_artifact_location)
+    exp_id = training_experiment(s)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 

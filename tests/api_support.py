@@ -9,26 +9,25 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import mlflow
 import pandas as pd
 import psutil
 
-from conftest import REPO, free_port
+from conftest import REPO
+from incomeops import harness
 from incomeops.cleaning import build_dataset
 from incomeops.config import Settings
 from incomeops.features import model_inputs, target
+from incomeops.harness import api_server, free_port
 from incomeops.monitoring import log_reference
 from incomeops.registry import GateDecision, apply_decision, register_challenger
 from incomeops.training import log_model, make_model, use_tracking
 
-UVICORN = str(Path(sys.executable).with_name("uvicorn"))
 ADMIN_KEY = "test-admin-key"
 
 
@@ -71,43 +70,30 @@ def new_champion_project(root: Path, mirror: Path):
 
 @dataclass
 class ApiServer:
-    "The API as users run it: uvicorn in a child process on a free loopback port."
+    """The API as users run it (`incomeops.harness.api_server`: uvicorn in a child process on a free loopback port), one
+    thread for the numeric libraries, with `env` on top of the settings; `start()` returns it ready, or fails showing its log."""
     settings: Settings
     env: dict = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
 
-    @property
-    def url(self) -> str: return f"http://127.0.0.1:{self.port}"
+    def __post_init__(self): self.server = api_server(self.settings, env={"OMP_NUM_THREADS": "1", **self.env})
 
-    @property
-    def log_file(self) -> Path: return self.settings.root / f"api-{self.port}.log"
+    url = property(lambda self: self.server.url)
+    port = property(lambda self: self.server.port)
+    proc = property(lambda self: self.server.proc)
 
-    def start(self, ready_timeout: float = 120) -> ApiServer:
-        env = {**os.environ, **self.settings.as_env(), "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1", **self.env}
-        self.proc = subprocess.Popen([UVICORN, "app.main:app", "--host", "127.0.0.1", "--port", str(self.port), "--no-access-log"],
-                                     cwd=REPO, env=env, stdout=open(self.log_file, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None: raise RuntimeError(f"the API exited ({self.proc.returncode}):\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200: return self
-            except httpx.TransportError: pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the API was not ready within {ready_timeout} s:\n{self.output()}")
+    def start(self, ready_timeout: float | None = None) -> ApiServer:
+        self.server.start().wait_ready(timeout=ready_timeout)
+        return self
 
     def stop(self, timeout: float = 30) -> int | None:
-        "Stop as an operator would (SIGTERM: uvicorn drains and runs the shutdown); the exit status."
-        if self.proc is None or self.proc.poll() is not None: return self.proc and self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try: return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        "Stop as an operator would (SIGTERM: uvicorn drains and runs the shutdown), then SIGKILL what is left; the exit status."
+        return self.server.stop(timeout)
 
     def output(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+        return self.server.log_file.read_text(errors="replace") if self.server.log_file.exists() else ""
+
+    def __enter__(self) -> ApiServer: return self.start()
+    def __exit__(self, *exc) -> None: self.stop()
 
 
 # ----------------------------------------------------------------------------------------------- hostile, durability and outage tests
@@ -116,13 +102,9 @@ ERROR_KEYS = {"detail", "errors", "errors_omitted"}
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "the condition"):
-    "Call `predicate` until it returns something truthy (returned) or `timeout` seconds pass (AssertionError naming `what`)."
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value: return value
-        if time.monotonic() > deadline: raise AssertionError(f"{what} did not happen within {timeout:g} s")
-        time.sleep(interval)
+    "`incomeops.harness.wait_until` in the tests' argument order; running out of time fails the test (AssertionError)."
+    try: return harness.wait_until(predicate, timeout, what, interval)
+    except harness.TimedOut as e: raise AssertionError(str(e)) from None
 
 
 def kill_server(server: ApiServer) -> int:
@@ -153,22 +135,20 @@ def job_ids(http, admin: dict) -> set[str]:
 
 
 def wait_for_job(http, job_id: str, admin: dict, statuses=("succeeded", "failed", "cancelled"), timeout: float = 300) -> dict:
-    "The job's record once its status is one of `statuses` (bounded by `timeout`)."
-    last = {}
+    "The job's record once its status is one of `statuses` (AssertionError naming the last status seen after `timeout` s)."
     def reached():
-        nonlocal last
-        last = http.get(f"/jobs/{job_id}", headers=admin).json()
-        return last if last.get("status") in statuses else None
-    try: return wait_until(reached, timeout, 0.5, f"job {job_id} reaching {statuses}")
-    except AssertionError as e: raise AssertionError(f"{e}; last seen: {last}") from None
+        job = http.get(f"/jobs/{job_id}", headers=admin).json()
+        if job.get("status") not in statuses: raise harness.NotYet(f"last seen: {job}")
+        return job
+    return wait_until(reached, timeout, 0.5, f"job {job_id} reaching {statuses}")
 
 
 def registry_state(settings: Settings) -> dict:
     "What a job must not change behind our back: the registered versions and the aliases (champion, challenger)."
     from mlflow.exceptions import MlflowException
 
-    from incomeops.registry import use_registry
-    client = use_registry(settings)
+    from incomeops.training import mlflow_client
+    client = mlflow_client(settings)
     try: model = client.get_registered_model(settings.model_name)
     except MlflowException: return {"versions": [], "aliases": {}}
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{settings.model_name}'"))
