@@ -1,4 +1,4 @@
-"""Limits applied before any work: the body size on every route, and JSON that the parser refuses politely.
+"""Limits applied before any work: the body size on every route; and the one shape of every error answer.
 
 The body limit is a pure ASGI middleware, outermost, so that a request over `max_body_bytes` is answered 413 before
 routing, before the API key is checked and before a byte of it is parsed; a declared Content-Length over the limit is
@@ -7,8 +7,6 @@ refused without reading the body at all.
 from __future__ import annotations
 
 import json
-
-from incomeops.schema import shown_name
 
 ERRORS_SHOWN = 20          # problems listed in an error body; the rest are counted in `errors_omitted`
 JSON_TYPES = ("application/json",)
@@ -63,36 +61,3 @@ class BodyLimitMiddleware:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": payload})
-
-
-class DuplicateKey(ValueError):
-    "A JSON object names the same key twice."
-
-
-def _no_duplicates(pairs: list[tuple]) -> dict:
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        seen = set()
-        for k, _ in pairs:
-            if k in seen: raise DuplicateKey(k)
-            seen.add(k)
-    return d
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def parse_json(body: bytes):
-    """`body` parsed as JSON, or `ValueError` with a sentence naming the problem (never the submitted values): not UTF-8,
-    not JSON, nested too deeply, a number too long, NaN or Infinity, or a key given twice in one object."""
-    try: text = body.decode("utf-8")
-    except UnicodeDecodeError as e: raise ValueError(f"the request body is not UTF-8 text (byte {e.start:,})") from None
-    try: return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except DuplicateKey as e:
-        raise ValueError(f"the request body gives the key '{shown_name(e.args[0])}' twice in one object") from None
-    except json.JSONDecodeError as e: raise ValueError(f"the request body is not valid JSON (line {e.lineno}, column {e.colno})") from None
-    except RecursionError: raise ValueError("the request body is nested too deeply to read") from None
-    except ValueError as e:
-        if "is not a JSON number" in str(e): raise ValueError("the request body holds NaN or Infinity, which JSON does not allow") from None
-        raise ValueError("the request body holds a number too long to read") from None

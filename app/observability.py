@@ -31,11 +31,22 @@ class Metrics:
         self.feedback = Counter("incomeops_feedback", "Feedback labels by outcome", ["status"], registry=r)
         self.jobs = Counter("incomeops_jobs", "Jobs started by kind", ["kind"], registry=r)
 
-    def serving(self, name: str, version: str, backend: str) -> None:
-        "Record which model is served."
+    def serving(self, served) -> None:
+        "Record which model is served (a `ServedModel`)."
         self.model_info.clear()
-        self.model_info.labels(name, version, backend).set(1)
-        self.model_version.set(float(version) if version.isdigit() else 0)
+        self.model_info.labels(served.name, served.version, served.predictor.backend).set(1)
+        self.model_version.set(float(served.version) if served.version.isdigit() else 0)
+
+    def predicted(self, n: int, n_positive: int) -> None:
+        "Count `n` answers, `n_positive` of them '>50K'."
+        if n_positive: self.predictions.labels(">50K").inc(n_positive)
+        if n - n_positive: self.predictions.labels("<=50K").inc(n - n_positive)
+
+    def watch_log(self, plog) -> None:
+        "Read the prediction log's queue depth, rows written and write failures at each scrape."
+        self.log_queue.set_function(lambda: plog.depth)
+        self.log_written.set_function(lambda: plog.written)
+        self.log_failures.set_function(lambda: plog.failures)
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,13 +18,13 @@ import httpx
 import pandas as pd
 
 from .cleaning import MODEL_INPUTS
-from .config import IncomeOpsError, InvalidInput, get_settings
+from .config import IncomeOpsError, InvalidInput, Settings, get_settings
 from .data import RAW_COLUMNS
 from .schema import FORM_DEFAULTS, FORM_TEXT, MAX_BATCH, InvalidPersonError, parse_person
 
 # %% auto #0
-__all__ = ['EXPLAINED', 'NUMBER', 'EMPTY', 'WHOLE_LINE', 'ApiUnavailable', 'ApiRejected', 'ApiClient', 'what_ifs', 'explain',
-           'api_scorer', 'CsvFormatError', 'read_people_csv']
+__all__ = ['EXPLAINED', 'NUMBER', 'EMPTY', 'WHOLE_LINE', 'ApiUnavailable', 'ApiRejected', 'service_url', 'ApiClient', 'what_ifs',
+           'explain', 'api_scorer', 'CsvFormatError', 'read_people_csv']
 
 # %% ../nbs/22_client.ipynb #7359afea
 class ApiUnavailable(IncomeOpsError):
@@ -50,6 +51,10 @@ def _retry_after(response: httpx.Response, most: float = 30.0) -> float | None:
     "The seconds a 503 asks the client to wait (`Retry-After` in seconds, at most `most`), or None."
     value = response.headers.get("retry-after", "").strip()
     return min(float(value), most) if response.status_code == 503 and value.isascii() and value.isdigit() else None
+
+def service_url() -> str:
+    "Where the API is: `INCOMEOPS_API_URL` as the environment says now (read on every call, unlike the cached settings), else the default."
+    return os.environ.get("INCOMEOPS_API_URL") or Settings.model_fields["api_url"].default
 
 class ApiClient:
     "The IncomeOps API at `url` (default: the `api_url` setting)."

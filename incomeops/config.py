@@ -80,8 +80,10 @@ class Settings(BaseSettings):
     predict_api_key: SecretStr | None = Field(None, description="If set, /predict and /feedback require this key too")
     api_url: str = Field("http://127.0.0.1:8000", description="Where clients (the Streamlit app, the simulator) find the API")
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="Largest request body the API reads")
-    log_queue_rows: int = Field(20_000, ge=1, description="Most predictions waiting for the log's commit; beyond it /predict answers 503")
-    log_ack_timeout_seconds: float = Field(5.0, gt=0, description="How long a prediction waits for its log commit before the answer is 503")
+    log_queue_rows: int = Field(20_000, ge=1, description="Most predictions acknowledged but not in the database yet (journaled, waiting for the drain); beyond it /predict answers 503")
+    log_ack_timeout_seconds: float = Field(5.0, gt=0, description="How long a prediction waits for the log's journal before the answer is 503")
+    log_journal_dir: Path | None = Field(None, description="Prediction log journal folder for a PostgreSQL service database (a SQLite one keeps it beside its file); default: data_dir/prediction-journal")
+    log_journal_fsync: bool = Field(True, description="Flush the prediction log's journal to disk before acknowledging; false: it survives the process being killed, not a power cut (as SQLite's synchronous=NORMAL)")
     job_timeout_minutes: float = Field(120, gt=0, description="Wall-clock limit of one job; its notebook's processes are killed then")
     job_lease_seconds: float = Field(30, ge=5, description="A running job whose runner has not renewed its lease for this long is dead")
     monitor_interval_minutes: float = Field(0, ge=0, description="Run the monitoring check this often inside the service (0: never)")
@@ -101,7 +103,7 @@ class Settings(BaseSettings):
     retrain_recent_share: float = Field(0.2, ge=0, lt=1, description="Retraining: newest share of labelled rows kept out of training to compare the models on")
     gate_holdout_share: float = Field(0.5, gt=0, lt=1, description="Share of adult.test frozen as the gate's holdout; the rest is the replay stream")
 
-    @field_validator("data_mirror", "api_key", "predict_api_key", mode="before")
+    @field_validator("data_mirror", "log_journal_dir", "api_key", "predict_api_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, v): return None if v == "" else v      # an empty key is no key (it must not open the door)
 
@@ -109,7 +111,7 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_root(cls, v: Path) -> Path: return Path(v).expanduser().resolve()
 
-    @field_validator("data_dir", "reports_dir", "notebooks_dir", "data_mirror")
+    @field_validator("data_dir", "reports_dir", "notebooks_dir", "data_mirror", "log_journal_dir")
     @classmethod
     def _under_root(cls, v: Path | None, info: ValidationInfo) -> Path | None:
         if v is None: return None

@@ -7,11 +7,24 @@ Docs: https://incomeops.github.io/incomeops/conversion.html.md"""
 # %% ../nbs/11_conversion.ipynb #b81c7164
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import stat
+import tempfile
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 
 # %% auto #0
-__all__ = ['ONNX_OPSET', 'classifier_to_onnx']
+__all__ = ['log', 'ONNX_OPSET', 'COMPILER', 'COMPILE_PARAMS', 'COMPILE_OPTIONS', 'classifier_to_onnx', 'classifier_to_treelite',
+           'compile_classifier']
+
+# %% ../nbs/11_conversion.ipynb #0c338cec
+log = logging.getLogger(__name__)
 
 # %% ../nbs/11_conversion.ipynb #9c937e36
 ONNX_OPSET = {"": 15, "ai.onnx.ml": 1}      # the highest onnxmltools' LightGBM converter supports; enough for trees
@@ -53,3 +66,77 @@ def classifier_to_onnx(classifier) -> bytes | None:
     "The serialized ONNX graph of a fitted tree `classifier` (float32 inputs -> label, probabilities); None if unsupported."
     convert = _CONVERTERS.get(type(classifier).__name__)
     return None if convert is None else convert(classifier).SerializeToString()
+
+# %% ../nbs/11_conversion.ipynb #d60d8b97
+COMPILER = "gcc"                    # tl2cgen's toolchain: GCC, or a compiler that takes its options (clang)
+COMPILE_PARAMS = {"quantize": 1}    # integer comparisons on bin indices: about twice as fast, the same numbers
+COMPILE_OPTIONS = ["-O1"]           # after tl2cgen's -O3: a third of the compile time, no slower here
+_PRIVATE_CACHE: list[tempfile.TemporaryDirectory] = []      # this process's folder, if the user's cache is unsafe
+_CACHE_LOCK = threading.Lock()
+
+def classifier_to_treelite(classifier):
+    "A fitted tree `classifier` (HistGradientBoosting or LightGBM) as a Treelite model; None if unsupported."
+    kind = type(classifier).__name__
+    if kind == "HistGradientBoostingClassifier":
+        import treelite.sklearn
+        return treelite.sklearn.import_model(classifier)
+    if kind == "LGBMClassifier":
+        import treelite.frontend
+        return treelite.frontend.from_lightgbm(classifier.booster_)
+    return None
+
+def _translation_units(model) -> int:
+    "How many C files to split `model`'s trees into: enough for every core to compile, each of about 40 trees."
+    return max(2, min(4 * (os.cpu_count() or 1), model.num_tree // 40))
+
+def _library_name(model, toolchain: str, params: dict) -> str:
+    "A file name that changes with the model's content and with everything that shapes its compiled code."
+    import tl2cgen
+    import treelite
+    recipe = [treelite.__version__, tl2cgen.__version__, toolchain, params, COMPILE_OPTIONS, platform.machine()]
+    digest = hashlib.sha256(model.serialize_bytes())
+    digest.update(json.dumps(recipe, sort_keys=True).encode())
+    return f"forest-{digest.hexdigest()[:40]}.so"
+
+def _own_folder(folder: Path) -> bool:
+    "Whether `folder` is a real folder of this user that no one else may write to (a cache of code this process will load)."
+    try: st = folder.lstat()
+    except OSError: return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+def _user_cache() -> Path:
+    "This user's cache in the temporary folder (shared by their processes), or this process's own folder if that is unsafe."
+    if hasattr(os, "getuid"):
+        folder = Path(tempfile.gettempdir()) / f"incomeops-compiled-{os.getuid()}"
+        try: folder.mkdir(mode=0o700, exist_ok=True)
+        except OSError: pass
+        if _own_folder(folder): return folder
+    with _CACHE_LOCK:
+        if not _PRIVATE_CACHE: _PRIVATE_CACHE.append(tempfile.TemporaryDirectory(prefix="incomeops-compiled-"))
+        return Path(_PRIVATE_CACHE[0].name)
+
+def _cache_folder(cache_dir: Path | None) -> Path:
+    "`cache_dir`, created if needed; the user's temporary cache if it is None or cannot be written."
+    if cache_dir is not None:
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            if os.access(cache_dir, os.W_OK | os.X_OK): return Path(cache_dir)
+        except OSError: pass
+        log.warning("the cache folder for compiled models cannot be written; compiling into a temporary folder")
+    return _user_cache()
+
+def compile_classifier(classifier, cache_dir: Path | None = None, toolchain: str = COMPILER) -> Path | None:
+    "A shared library computing `classifier`'s probabilities, compiled once and cached by content; None without a C compiler or for other models."
+    if shutil.which(toolchain) is None: return None
+    model = classifier_to_treelite(classifier)
+    if model is None: return None
+    import tl2cgen
+    params = {**COMPILE_PARAMS, "parallel_comp": _translation_units(model)}
+    folder = _cache_folder(cache_dir)
+    library = folder / _library_name(model, toolchain, params)
+    if library.is_file(): return library
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".compiling-") as tmp:        # same file system: the rename is atomic
+        built = Path(tmp) / library.name
+        tl2cgen.export_lib(model, toolchain=toolchain, libpath=built, params=params, options=list(COMPILE_OPTIONS))
+        os.replace(built, library)
+    return library

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -46,13 +47,13 @@ leases_table = sa.Table("incomeops_job_leases", _lease_metadata,
     sa.Column("job_id", sa.String(12), primary_key=True),
     sa.Column("renewed_at", Timestamp, nullable=False))
 
-_has_leases: set[int] = set()          # engines whose database has the lease table
+_has_leases: weakref.WeakSet[sa.Engine] = weakref.WeakSet()     # engines whose database has the lease table (not ids: a freed engine's id is reused)
 
 def _leases(store: Store) -> sa.Table:
     "The lease table, created in `store`'s database on first use (IF NOT EXISTS: runners and notebooks may race to create it)."
-    if id(store.engine) not in _has_leases:
+    if store.engine not in _has_leases:
         with store.engine.begin() as conn: conn.execute(sa.schema.CreateTable(leases_table, if_not_exists=True))
-        _has_leases.add(id(store.engine))
+        _has_leases.add(store.engine)
     return leases_table
 
 def renew_lease(store: Store, job_id: str) -> None:

@@ -115,7 +115,7 @@ def load_served_model(version, settings: Settings | None = None) -> ServedModel:
     metrics = {k.removeprefix("test_"): v for k, v in (run.data.metrics if run else {}).items() if k.startswith("test_")}
     dataset_version = version.tags.get("dataset_version") or (run.data.tags.get("dataset_version") if run else None)
     sample = _parity_sample(dataset_version, s)
-    predictor = verified_predictor(pipeline, threshold, sample)
+    predictor = verified_predictor(pipeline, threshold, sample, cache_dir=s.root / ".cache" / "compiled")
     worst = predictor.max_abs_diff or 0.0                 # None: the pipeline itself, nothing to compare
     return ServedModel(name=version.name, version=str(version.version), run_id=version.run_id, threshold=threshold,
                        predictor=predictor, dataset_version=dataset_version, family=version.tags.get("family"),

@@ -8,28 +8,34 @@ Docs: https://incomeops.github.io/incomeops/predictor.html.md"""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
+from itertools import repeat
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
 from sklearn.pipeline import Pipeline
 
-from .cleaning import CATEGORICAL_INPUTS, MODEL_INPUTS
+from .cleaning import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS
 from .config import IncomeOpsError
-from .conversion import classifier_to_onnx
-from .encoding import CATEGORY_CODES, encode_frame, encode_one, encode_records
+from .conversion import classifier_to_onnx, compile_classifier
+from .encoding import CATEGORY_CODES, InvalidRecordError, encode_frame, encode_one, encode_records
 from .features import model_inputs
 
 # %% auto #0
-__all__ = ['log', 'BATCH_ROWS', 'ParityError', 'FastPredictor', 'verified_predictor']
+__all__ = ['log', 'BATCH_ROWS', 'ParityError', 'encode_columns', 'FastPredictor', 'verified_predictor']
 
 # %% ../nbs/12_predictor.ipynb #76ccd3e0
 log = logging.getLogger(__name__)
 
 # %% ../nbs/12_predictor.ipynb #c82b4cfa
 class ParityError(IncomeOpsError):
-    "The fast predictor's probabilities differ from the pipeline's beyond the tolerance."
+    "The fast predictor's probabilities differ from the pipeline's beyond the tolerance; `engine` says which one."
+    def __init__(self, message: str, engine: str):
+        super().__init__(message)
+        self.engine = engine
 
 BATCH_ROWS = 512        # from this many rows a request is scored with every core
 
@@ -38,6 +44,36 @@ def _session(model: bytes, threads: int = 1) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+class _OnnxForest:
+    "The classifier in ONNX Runtime: one session on one thread (single rows, small batches), one on every core."
+    def __init__(self, model: bytes):
+        self._one, self._all = _session(model), _session(model, threads=0)
+        self._input, self._output = self._one.get_inputs()[0].name, [self._one.get_outputs()[1].name]   # (label, probabilities)
+
+    def run(self, Z: np.ndarray) -> np.ndarray:
+        "P(positive) for encoded rows `Z`."
+        session = self._all if len(Z) >= BATCH_ROWS else self._one
+        return session.run(self._output, {self._input: np.asarray(Z, dtype=np.float32)})[0][:, 1].astype(np.float64)
+
+    def run_one(self, row: np.ndarray) -> float: return float(self._one.run(self._output, {self._input: row})[0][0, 1])
+
+class _CompiledForest:
+    "The classifier as a compiled library (tl2cgen): a predictor on every core OpenMP allows for large batches, one on one thread."
+    def __init__(self, library: Path):
+        import tl2cgen
+        self._matrix = tl2cgen.DMatrix
+        self._all, self._one = tl2cgen.Predictor(library, nthread=None), tl2cgen.Predictor(library, nthread=1)
+        self._locks = {id(self._all): threading.Lock(), id(self._one): threading.Lock()}   # each takes one call at a time
+
+    def run(self, Z: np.ndarray) -> np.ndarray:
+        "P(positive) for encoded rows `Z` (computed in double precision)."
+        data = self._matrix(np.ascontiguousarray(Z, dtype=np.float64), dtype="float64")
+        predictor = self._all if len(Z) >= BATCH_ROWS else self._one
+        with self._locks[id(predictor)]: out = predictor.predict(data)
+        return out.reshape(len(Z), -1)[:, -1]
+
+    def run_one(self, row: np.ndarray) -> float: return float(self.run(row)[0])
 
 def _encodes_like_us(pipeline: Pipeline) -> bool:
     "Whether `pipeline` is `encode` (our ordinal encoding) then `classify` (a binary classifier), by public attributes."
@@ -49,63 +85,99 @@ def _encodes_like_us(pipeline: Pipeline) -> bool:
                 and cats == [list(codes) for _, codes in CATEGORY_CODES])
     except (AttributeError, KeyError, TypeError, ValueError): return False
 
+def encode_columns(columns: Mapping[str, Sequence]) -> np.ndarray:
+    "Columns of model inputs (name -> values, all of one length) as `encode_records` encodes the same rows (float64)."
+    try:
+        n = len(columns[MODEL_INPUTS[0]])
+        if any(len(columns[c]) != n for c in MODEL_INPUTS): raise ValueError
+        Z = np.empty((len(MODEL_INPUTS), n), dtype=np.float64)         # by column, then turned into rows
+        for j, c in enumerate(NUMERIC_INPUTS): Z[j] = np.fromiter(columns[c], np.float64, n)
+        for j, (c, codes) in enumerate(CATEGORY_CODES, len(NUMERIC_INPUTS)): Z[j] = np.fromiter(map(codes.get, columns[c], repeat(np.nan)), np.float64, n)
+    except KeyError as e: raise InvalidRecordError(f"the model input '{e.args[0]}' is missing") from None
+    except (TypeError, ValueError): raise InvalidRecordError(_columns_problem(columns)) from None
+    if not np.isfinite(Z[:len(NUMERIC_INPUTS)]).all(): raise InvalidRecordError(_columns_problem(columns))
+    return np.ascontiguousarray(Z.T)
+
+def _columns_problem(columns: Mapping[str, Sequence]) -> str:
+    "What is wrong with `columns` as model inputs, in `encode_records`' words for the first row that does not encode."
+    if len({len(columns[c]) for c in MODEL_INPUTS}) > 1: return "the model inputs' columns are not all as long as each other"
+    try: encode_records([dict(zip(MODEL_INPUTS, row)) for row in zip(*(columns[c] for c in MODEL_INPUTS))])
+    except InvalidRecordError as e: return str(e)
+    return "the model inputs cannot be encoded"
+
 # %% ../nbs/12_predictor.ipynb #40ab21c2
 class FastPredictor:
-    "Probabilities of `income > 50K` from a fitted `make_model` pipeline, through ONNX Runtime when exact."
-    def __init__(self, pipeline: Pipeline, threshold: float, onnx_model: bytes | None = None):
+    "Probabilities of `income > 50K` from a fitted `make_model` pipeline: compiled trees for batches, ONNX Runtime for one row, when exact."
+    def __init__(self, pipeline: Pipeline, threshold: float, onnx_model: bytes | None = None, library: Path | None = None):
         if not 0 <= threshold <= 1: raise IncomeOpsError(f"the decision threshold must be between 0 and 1, not {threshold}")
         self.pipeline, self.threshold = pipeline, float(threshold)
-        self.backend = "sklearn" if onnx_model is None else "onnx"
+        self.onnx_model, self.library = onnx_model, library            # kept to rebuild without one of them (`without`)
+        self._onnx = None if onnx_model is None else _OnnxForest(onnx_model)
+        self._compiled = None if library is None else _CompiledForest(library)
+        self._batch = self._compiled or self._onnx                    # the engine for batches
+        self._single = self._onnx or self._compiled                   # the engine for one row: ONNX Runtime is quicker there
+        self.backend = "compiled" if self._compiled else "onnx" if self._onnx else "sklearn"
         self.max_abs_diff: float | None = None            # set by `verify`
-        if onnx_model is not None:
-            self._session = _session(onnx_model)
-            self._batch_session = _session(onnx_model, threads=0)           # large batches: all cores
-            self._input = self._session.get_inputs()[0].name
-            self._output = [self._session.get_outputs()[1].name]              # (label, probabilities)
 
     @classmethod
-    def from_pipeline(cls, pipeline: Pipeline, threshold: float, use_onnx: bool = True) -> FastPredictor:
-        "The predictor of `pipeline`: ONNX if its classifier converts exactly, else the pipeline itself."
-        onnx_model = None
-        if use_onnx and _encodes_like_us(pipeline):
-            try: onnx_model = classifier_to_onnx(pipeline.named_steps["classify"])
-            except Exception as e: log.warning("ONNX export failed (%s: %s); serving with scikit-learn", type(e).__name__, e)
-        return cls(pipeline, threshold, onnx_model)
+    def from_pipeline(cls, pipeline: Pipeline, threshold: float, use_onnx: bool = True, *, compiled: bool = True,
+                      cache_dir: Path | None = None) -> FastPredictor:
+        "The predictor of `pipeline`: its classifier compiled (libraries cached in `cache_dir`) and in ONNX where they convert, else the pipeline."
+        onnx_model = library = None
+        if _encodes_like_us(pipeline):
+            classifier = pipeline.named_steps["classify"]
+            if use_onnx:
+                try: onnx_model = classifier_to_onnx(classifier)
+                except Exception as e: log.warning("ONNX export failed (%s: %s); serving without ONNX Runtime", type(e).__name__, e)
+            if compiled:
+                try: library = compile_classifier(classifier, cache_dir)
+                except Exception as e: log.warning("compiling the trees failed (%s: %s); serving without them", type(e).__name__, e)
+        return cls(pipeline, threshold, onnx_model, library)
 
-    def _run(self, Z: np.ndarray) -> np.ndarray:
-        "Probability of the positive class for encoded rows `Z` (a large batch on every core)."
-        session = self._batch_session if len(Z) >= BATCH_ROWS else self._session
-        return session.run(self._output, {self._input: Z})[0][:, 1].astype(np.float64)
+    def without(self, engine: str) -> FastPredictor:
+        "The same predictor without `engine` ('compiled' or 'onnx'): what serves when that engine fails `verify`."
+        return FastPredictor(self.pipeline, self.threshold, None if engine == "onnx" else self.onnx_model,
+                             None if engine == "compiled" else self.library)
 
     def predict_proba_frame(self, df: pd.DataFrame) -> np.ndarray:
         "P(income > 50K) for each row of a frame with the `MODEL_INPUTS` columns."
-        if self.backend == "sklearn": return self.pipeline.predict_proba(df[MODEL_INPUTS])[:, 1]
-        return self._run(encode_frame(df))
+        if self._batch is None: return self.pipeline.predict_proba(df[MODEL_INPUTS])[:, 1]
+        return self._batch.run(encode_frame(df))
 
     def predict_proba_records(self, records: Sequence[dict]) -> np.ndarray:
         "P(income > 50K) for each record (a dict keyed by `MODEL_INPUTS`)."
-        if self.backend == "sklearn":
-            encode_records(records)                                        # the same checks as the ONNX path
+        if self._batch is None:
+            encode_records(records)                                        # the same checks as the other engines
             return self.pipeline.predict_proba(pd.DataFrame.from_records(records, columns=MODEL_INPUTS))[:, 1]
-        return self._run(encode_records(records))
+        return self._batch.run(encode_records(records))
+
+    def predict_proba_columns(self, columns: Mapping[str, Sequence]) -> np.ndarray:
+        "P(income > 50K) for rows given as columns (`MODEL_INPUTS` name -> values): a validated batch, without a dict per person."
+        Z = encode_columns(columns)                                        # the same checks as the records
+        if self._batch is None: return self.pipeline.predict_proba(pd.DataFrame({c: columns[c] for c in MODEL_INPUTS}))[:, 1]
+        return self._batch.run(Z)
 
     def predict_one(self, record: dict) -> float:
-        "P(income > 50K) for one record: the hot path, 12 floats from the dict straight into ONNX Runtime."
-        if self.backend == "sklearn": return float(self.predict_proba_records([record])[0])
-        return float(self._session.run(self._output, {self._input: encode_one(record)})[0][0, 1])
+        "P(income > 50K) for one record: the hot path, 12 floats from the dict straight into the engine."
+        if self._single is None: return float(self.predict_proba_records([record])[0])
+        return self._single.run_one(encode_one(record))
 
     def decide(self, proba):
         "True where a probability is at or above the decision threshold (income > 50K predicted)."
         return proba >= self.threshold
 
     def verify(self, df: pd.DataFrame, atol: float = 1e-6) -> float:
-        "The largest |fast - pipeline| over `df`'s rows and edge cases; raises `ParityError` above `atol`."
+        "The largest |engine - pipeline| over `df`'s rows and edge cases, for every engine in use; raises `ParityError` above `atol`."
         X = _with_edge_cases(model_inputs(df))
-        diff = np.abs(self.predict_proba_frame(X) - self.pipeline.predict_proba(X)[:, 1])
-        worst = self.max_abs_diff = float(np.max(diff))
-        if not worst <= atol:          # also catches NaN
-            raise ParityError(f"the {self.backend} predictor differs from its pipeline by up to {worst:.2g} "
-                              f"on {int(np.sum(~(diff <= atol)))} of {len(X)} rows (tolerance {atol:g})")
+        expected, Z, worst = self.pipeline.predict_proba(X)[:, 1], encode_frame(X), 0.0
+        for name, engine in (("compiled", self._compiled), ("onnx", self._onnx)):
+            if engine is None: continue
+            diff = np.abs(engine.run(Z) - expected)
+            if not np.max(diff) <= atol:          # also catches NaN
+                raise ParityError(f"the {name} predictor differs from its pipeline by up to {np.max(diff):.2g} "
+                                  f"on {int(np.sum(~(diff <= atol)))} of {len(X)} rows (tolerance {atol:g})", name)
+            worst = max(worst, float(np.max(diff)))
+        self.max_abs_diff = worst
         return worst
 
     def __repr__(self): return f"FastPredictor({type(self.pipeline[-1]).__name__}, backend={self.backend!r}, threshold={self.threshold:.4f})"
@@ -117,11 +189,14 @@ def _with_edge_cases(X: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([X, *extra], ignore_index=True)
 
 # %% ../nbs/12_predictor.ipynb #95202b9f
-def verified_predictor(pipeline: Pipeline, threshold: float, sample: pd.DataFrame, atol: float = 1e-6) -> FastPredictor:
-    "The ONNX predictor of `pipeline` if it matches the pipeline on `sample` (within `atol`), else the sklearn one."
-    fast = FastPredictor.from_pipeline(pipeline, threshold)
-    try: fast.verify(sample, atol)
-    except ParityError as e:
-        log.warning("%s; serving with scikit-learn", e)
-        return FastPredictor.from_pipeline(pipeline, threshold, use_onnx=False)
-    return fast
+def verified_predictor(pipeline: Pipeline, threshold: float, sample: pd.DataFrame, atol: float = 1e-6, *,
+                       cache_dir: Path | None = None) -> FastPredictor:
+    "The fastest predictor of `pipeline` whose engines all match the pipeline on `sample` (within `atol`); the sklearn one at worst."
+    fast = FastPredictor.from_pipeline(pipeline, threshold, cache_dir=cache_dir)
+    while True:
+        try:
+            fast.verify(sample, atol)
+            return fast
+        except ParityError as e:
+            log.warning("%s; serving without it", e)
+            fast = fast.without(e.engine)

@@ -50,22 +50,17 @@ PERSON_EXAMPLES = [EXAMPLE_PERSON, {"age": 52, "workclass": None, "education_num
                                     "occupation": None, "relationship": "Wife", "race": "Black", "sex": "Female",
                                     "capital_gain": 0, "capital_loss": 0, "hours_per_week": 20, "native_country": "?"}]
 
-def _education_rule(schema: dict) -> None:
-    "Add to `Person`'s JSON Schema what `_one_education` checks: education, its rank or both, and if both they agree."
-    by_name = [{"properties": {"education": {"const": e}, "education_num": {"enum": [rank, None]}}, "required": ["education"]}
-               for rank, e in enumerate(EDUCATION_LEVELS, 1)]
-    by_rank = {"properties": {"education": {"type": "null"}, "education_num": {"type": "integer"}}, "required": ["education_num"]}
-    schema.update(anyOf=[*by_name, by_rank], examples=PERSON_EXAMPLES)
-
 class Person(BaseModel):
-    "One person's attributes, as the model needs them (see above for the rules)."
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_education_rule)
+    "One person's attributes as the model needs them: each input present (null for an unknown category), and education, its rank or both."
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": PERSON_EXAMPLES})
 
     age: int = _whole("age", description="Age in years")
     workclass: Workclass | None = Field(description="Type of employer; null if unknown")
     fnlwgt: int | None = _whole("fnlwgt", default=None, description="Census sampling weight: accepted, ignored by the model")
-    education: Education | None = Field(None, description="Highest education; give this, education_num or both")
-    education_num: int | None = _whole("education_num", default=None, description="Rank of education, 1 (Preschool) to 16 (Doctorate)")
+    education: Education | None = Field(None, description="Highest education. Give education, education_num or both; if both, "
+                                       "education_num must be its rank (else the answer is 422)")
+    education_num: int | None = _whole("education_num", default=None, description="Rank of education, 1 (Preschool) to 16 (Doctorate); "
+                                        "give it, education or both (see education)")
     marital_status: MaritalStatus | None = Field(validation_alias=_aka("marital_status"), description="Marital status; null if unknown")
     occupation: Occupation | None = Field(description="Occupation; null if unknown")
     relationship: Relationship | None = Field(description="Relationship to the household's reference person; null if unknown")

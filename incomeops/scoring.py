@@ -7,20 +7,71 @@ Docs: https://incomeops.github.io/incomeops/scoring.html.md"""
 # %% ../nbs/15_scoring.ipynb #923497e5
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain, repeat
+from typing import Literal, get_args, get_origin
 
+import numpy as np
+from annotated_types import Ge, Le
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import to_json
+from pydantic_core import from_json, to_json
 
-from .cleaning import MODEL_INPUTS
+from .cleaning import EDUCATION_LEVELS, MODEL_INPUTS
 from .config import InvalidInput
 from .loader import ServedModel
-from .schema import MAX_BATCH, Person, validation_problems
+from .schema import MAX_BATCH, UNKNOWN_MARK, Person, shown_name, validation_problems
+from .store import LogBatch
 
 # %% auto #0
-__all__ = ['LABELS', 'PROBLEMS_KEPT', 'invalid_people', 'validated_people', 'prediction_ids', 'Scored', 'score_people', 'score']
+__all__ = ['LABELS', 'PROBLEMS_KEPT', 'RULES', 'standard_json', 'read_json', 'invalid_people', 'People', 'validated',
+           'validated_people', 'prediction_ids', 'Scored', 'score_people', 'score', 'score_body']
+
+# %% ../nbs/15_scoring.ipynb #27786d1e
+class _DuplicateKey(ValueError):
+    "A JSON object names the same key twice."
+
+def _no_duplicates(pairs: list[tuple]) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        for k, _ in pairs:
+            if k in seen: raise _DuplicateKey(k)
+            seen.add(k)
+    return d
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+def standard_json(body: bytes):
+    """`body` parsed as JSON by the standard library, or `ValueError` with a sentence naming the problem (never the
+    submitted values): not UTF-8, not JSON, nested too deeply, a number too long, NaN or Infinity, or a key given twice."""
+    try: text = body.decode("utf-8")
+    except UnicodeDecodeError as e: raise ValueError(f"the request body is not UTF-8 text (byte {e.start:,})") from None
+    try: return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except _DuplicateKey as e:
+        raise ValueError(f"the request body gives the key '{shown_name(e.args[0])}' twice in one object") from None
+    except json.JSONDecodeError as e: raise ValueError(f"the request body is not valid JSON (line {e.lineno}, column {e.colno})") from None
+    except RecursionError: raise ValueError("the request body is nested too deeply to read") from None
+    except ValueError as e:
+        if "is not a JSON number" in str(e): raise ValueError("the request body holds NaN or Infinity, which JSON does not allow") from None
+        raise ValueError("the request body holds a number too long to read") from None
+
+def _no_key_dropped(body: bytes, data) -> bool:
+    "Whether `data`, parsed from `body`, has every key the text has: its only objects are at the top, holding every `:`."
+    if type(data) is dict: objects = [data]
+    elif type(data) is list: objects = data if set(map(type, data)) == {dict} else [d for d in data if type(d) is dict]
+    else: objects = []
+    return body.count(b"{") == len(objects) and body.count(b":") == sum(map(len, objects))
+
+def read_json(body: bytes):
+    "`body` parsed as JSON with `standard_json`'s rules and words, by the faster parser where it is sure to agree."
+    try: data = from_json(body, allow_inf_nan=False)
+    except ValueError: return standard_json(body)          # refused: the standard parser says why, or reads it
+    return data if _no_key_dropped(body, data) else standard_json(body)
 
 # %% ../nbs/15_scoring.ipynb #2a512b0c
 LABELS = ("<=50K", ">50K")
@@ -39,27 +90,148 @@ def _list_problems(errors: list[dict]) -> list[dict]:
         else: out.extend(validation_problems([e]))
     return out
 
-def invalid_people(e: ValidationError, batch: bool) -> InvalidInput:
-    "A pydantic error on people as `InvalidInput`, mapping only the problems an answer shows."
+def invalid_people(e: ValidationError, batch: bool, rows: list[int] | None = None) -> InvalidInput:
+    "A pydantic error on people as `InvalidInput`, mapping only the problems an answer shows (`rows`: the batch positions of the people validated)."
     errors = e.errors(include_input=False)[:PROBLEMS_KEPT]
+    if rows is not None: errors = [{**err, "loc": (rows[err["loc"][0]], *err["loc"][1:])} for err in errors]
     return InvalidInput(problems=_list_problems(errors) if batch else validation_problems(errors), total=e.error_count())
 
-def validated_people(data) -> tuple[list[dict], bool]:
-    "Each person's validated fields (education completed, `fnlwgt` kept) from a parsed JSON body; whether it was a batch."
+@dataclass(frozen=True)
+class People:
+    "Validated people: each one's fields as `Person.model_dump()` gives them (a dict each), and the same values by field (name -> list)."
+    features: list[dict]
+    columns: dict[str, list]
+    batch: bool
+
+    def __len__(self) -> int: return len(self.features)
+
+# %% ../nbs/15_scoring.ipynb #75e2fcd9
+class _Absent:
+    "The value of a key the person did not send (only optional fields may be left out)."
+    def __repr__(self): return "<absent>"
+
+_ABSENT, _NONE = _Absent(), type(None)
+
+def _field_rule(f) -> tuple:
+    "('int', lowest, highest, required) or ('category', names, None, required) for the `Person` field `f`, from its annotations."
+    names = [get_args(t) for t in (get_args(f.annotation) or (f.annotation,)) if get_origin(t) is Literal]
+    if names: return "category", frozenset(names[0]), None, f.is_required()
+    lo, hi = (next(m.ge for m in f.metadata if isinstance(m, Ge)), next(m.le for m in f.metadata if isinstance(m, Le)))
+    return "int", lo, hi, f.is_required()
+
+RULES = {name: _field_rule(f) for name, f in Person.model_fields.items()}     # `Person`'s fields, in its order
+_NAMES_OR_NONE = {name: rule[1] | {None} for name, rule in RULES.items() if rule[0] == "category"}
+_TEMPLATE = dict.fromkeys(RULES)                                                # model_dump()'s keys, in its order
+_N_REQUIRED = sum(rule[3] for rule in RULES.values())
+_RANK = {e: i for i, e in enumerate(EDUCATION_LEVELS, 1)}
+
+def _one_by_one(col: list, name: str, slow: set, changed: set) -> list:
+    "The values of a column with exceptions, each as `Person` leaves it (None: unknown, or a row for pydantic, added to `slow`)."
+    kind, a, b, required = RULES[name]
+    out = []
+    for i, v in enumerate(col):
+        if v is None or v is _ABSENT or (type(v) is str and v == UNKNOWN_MARK):         # unknown: `?` is null in `Person`
+            if required and (kind == "int" or v is _ABSENT): slow.add(i)
+            elif v is not None and v is not _ABSENT: changed.add(i)
+            out.append(None)
+        elif (type(v) is int and a <= v <= b) if kind == "int" else (type(v) is str and v in a): out.append(v)
+        else: slow.add(i); out.append(None)
+    return out
+
+def _column(rows: list[dict], name: str, slow: set, changed: set) -> tuple[list, int | list[bool]]:
+    "The values of field `name` as `Person` leaves them, and which rows have the key (1: all, 0: none, else one flag a row)."
+    kind, a, b, required = RULES[name]
+    try: col = [r[name] for r in rows]
+    except KeyError: col = [r.get(name, _ABSENT) for r in rows]
+    types = set(map(type, col))
+    if _Absent not in types: present = 1
+    elif types == {_Absent} and not required: return [None] * len(col), 0
+    else: present = [v is not _ABSENT for v in col]
+    if kind == "int":                                                    # ints (never bools) within the range; None if optional
+        values = col if types == {int} else [v for v in col if v is not None] if types <= {int, _NONE} and not required else None
+        if values is not None and (not values or (a <= min(values) and max(values) <= b)): return col, present
+    elif types <= {str, _NONE} and set(col) <= _NAMES_OR_NONE[name]: return col, present
+    return _one_by_one(col, name, slow, changed), present
+
+def _complete_education(columns: dict[str, list], slow: set, changed: set) -> None:
+    "Fill in education or its rank from the other, as `Person` does; rows with neither, or with both in disagreement, to `slow`."
+    names, ranks = columns["education"], columns["education_num"]
+    if None not in ranks and list(map(_RANK.get, names)) == ranks: return
+    for i, (e, k) in enumerate(zip(names, ranks)):
+        if e is None and k is None: slow.add(i)
+        elif k is None: ranks[i] = _RANK[e]; changed.add(i)
+        elif e is None: names[i] = EDUCATION_LEVELS[k - 1]; changed.add(i)
+        elif _RANK[e] != k: slow.add(i)
+
+def _checked_columns(rows: list[dict]) -> tuple[dict[str, list], set, set]:
+    "Each field's values for `rows` as `Person` leaves them; the rows only `Person` can judge; the rows whose values it changes."
+    slow, changed, columns, optional_keys, flags = set(), set(), {}, 0, []
+    for name, rule in RULES.items():
+        columns[name], present = _column(rows, name, slow, changed)
+        if rule[3]: continue
+        if isinstance(present, int): optional_keys += present
+        else: flags.append(present)
+    lengths = list(map(len, rows))                # the required keys and the optional ones present: any other key is extra
+    expected = [optional_keys + _N_REQUIRED + sum(f) for f in zip(*flags)] if flags else None
+    if expected is not None: slow.update(i for i, (n, e) in enumerate(zip(lengths, expected)) if n != e)
+    elif set(lengths) != {optional_keys + _N_REQUIRED}: slow.update(i for i, n in enumerate(lengths) if n != optional_keys + _N_REQUIRED)
+    _complete_education(columns, slow, changed)
+    return columns, slow, changed
+
+# %% ../nbs/15_scoring.ipynb #bbd1c225
+def _by_person(data: list, rows: list[int], features: list[dict], columns: dict[str, list]) -> None:
+    "Validate `data`'s `rows` with `Person` itself, writing their fields into `features` and `columns`; pydantic's errors as `InvalidInput`."
+    try: people = _PEOPLE.validate_python([data[i] for i in rows])
+    except ValidationError as e: raise invalid_people(e, batch=True, rows=rows) from None
+    for i, person in zip(rows, people):
+        features[i] = fields = person.model_dump()
+        for name, v in fields.items(): columns[name][i] = v
+
+def _fields_of(rows: list[dict], copy: bool) -> list[dict]:
+    "A dict of `model_dump()`'s keys for each row: the row (or its copy) when it has them all, else the row added to `None`s."
+    n = len(RULES)
+    if set(map(len, rows)) == {n}: return list(map(dict.copy, rows)) if copy else list(rows)
+    return [(r.copy() if copy else r) if len(r) == n else {**_TEMPLATE, **r} for r in rows]
+
+def _validated_batch(data: list, copy: bool) -> People:
+    "A batch validated by column, and by `Person` for the rows the column checks do not take as they are."
+    dicts = set(map(type, data)) == {dict}
+    rows = data if dicts else [r if type(r) is dict else {} for r in data]
+    columns, slow, changed = _checked_columns(rows)
+    if not dicts: slow.update(i for i, r in enumerate(data) if type(r) is not dict)
+    features = _fields_of(rows, copy)
+
+    for i in changed - slow: features[i] = {name: columns[name][i] for name in RULES}
+    if slow: _by_person(data, sorted(slow), features, columns)
+    return People(features, columns, True)
+
+def validated(data, copy: bool = True) -> People:
+    "The people of a parsed JSON body (one person, or a batch), validated; `InvalidInput` names what is wrong. `copy=False`: `data` is given away (a body just read), so its complete people are kept as they are."
     if isinstance(data, dict):
-        try: return [Person.model_validate(data).model_dump()], False
+        try: fields = Person.model_validate(data).model_dump()
         except ValidationError as e: raise invalid_people(e, batch=False) from None
+        return People([fields], {name: [v] for name, v in fields.items()}, False)
     if not isinstance(data, list): raise _whole_body("must be a JSON object (one person) or an array of them")
     if not data: raise _whole_body("the list is empty: send at least one person")
     if len(data) > MAX_BATCH: raise _whole_body(f"the list is too long: at most {MAX_BATCH:,} people per request")
-    try: return [p.model_dump() for p in _PEOPLE.validate_python(data)], True
-    except ValidationError as e: raise invalid_people(e, batch=True) from None
+    return _validated_batch(data, copy)
+
+def validated_people(data) -> tuple[list[dict], bool]:
+    "Each person's validated fields (education completed, `fnlwgt` kept) from a parsed JSON body; whether it was a batch."
+    people = validated(data)
+    return people.features, people.batch
 
 # %% ../nbs/15_scoring.ipynb #f45d17e9
+_ID = re.compile(".{32}", re.DOTALL)
+
 def prediction_ids(n: int) -> list[str]:
     "`n` random 128-bit ids as 32 hex digits (as uuid4().hex, from one read of the OS's random source)."
-    pool = os.urandom(16 * n).hex()
-    return [pool[32 * i:32 * i + 32] for i in range(n)]
+    return _ID.findall(os.urandom(16 * n).hex())
+
+def _json_items(values: list) -> list[bytes] | None:
+    "Each of `values` as JSON, cut from one serialization of the list; None if a value's JSON holds a comma."
+    items = to_json(values)[1:-1].split(b",")
+    return items if len(items) == len(values) else None
 
 @dataclass(frozen=True)
 class Scored:
@@ -70,41 +242,55 @@ class Scored:
     batch: bool
     ids: list[str] = field(default_factory=list)
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    labels: list[int] = field(default_factory=list)          # 1 where income > 50K is predicted (at or above the threshold)
 
     def __post_init__(self):
         if not self.ids: object.__setattr__(self, "ids", prediction_ids(len(self.people)))
+        if not self.labels: object.__setattr__(self, "labels", [int(p >= self.served.threshold) for p in self.probabilities])
 
     @property
-    def positive(self) -> list[bool]: return [p >= self.served.threshold for p in self.probabilities]
+    def positive(self) -> list[bool]: return [y == 1 for y in self.labels]
 
     @property
-    def n_positive(self) -> int: return sum(self.positive)
+    def n_positive(self) -> int: return sum(self.labels)
 
     def answers(self) -> list[dict]:
         "One answer per person, as `POST /predict` documents it."
         s = self.served
         return [{"prediction_id": i, "label": LABELS[y], "probability": p, "threshold": s.threshold, "model_name": s.name,
-                 "model_version": s.version} for i, p, y in zip(self.ids, self.probabilities, self.positive)]
+                 "model_version": s.version} for i, p, y in zip(self.ids, self.probabilities, self.labels)]
 
     def body(self) -> bytes:
-        "The answer as JSON: one object for one person, an array for a batch."
-        answers = self.answers()
-        return to_json(answers if self.batch else answers[0])
+        "The answer as JSON: one object for one person, an array for a batch (the bytes of `to_json(answers())`)."
+        ids, probabilities = _json_items(self.ids), _json_items(self.probabilities)
+        if not self.batch or ids is None or probabilities is None: return to_json(self.answers() if self.batch else self.answers()[0])
+        s = self.served
+        same_for_all = b"," + to_json({"threshold": s.threshold, "model_name": s.name, "model_version": s.version})[1:] + b","
+        labels = [b',"label":' + to_json(name) + b',"probability":' for name in LABELS]
+        parts = zip(repeat(b'{"prediction_id":'), ids, map(labels.__getitem__, self.labels), probabilities, repeat(same_for_all))
+        return b"[" + b"".join(chain.from_iterable(parts))[:-1] + b"]"
+
+    def log_batch(self) -> LogBatch:
+        "What the prediction log stores, by column: the ids, one time and model version, probabilities, labels and fields."
+        return LogBatch(self.ids, self.created_at, self.served.version, self.probabilities, self.labels, self.people)
 
     def log_rows(self) -> list[dict]:
-        "The rows the prediction log stores: id, time, model version, probability, label and the person's fields."
+        "The same as rows: id, time, model version, probability, label and the person's fields."
         return [{"prediction_id": i, "created_at": self.created_at, "model_version": self.served.version, "probability": p,
-                 "label": int(y), "features": f} for i, p, y, f in zip(self.ids, self.probabilities, self.positive, self.people)]
+                 "label": y, "features": f} for i, p, y, f in zip(self.ids, self.probabilities, self.labels, self.people)]
 
 # %% ../nbs/15_scoring.ipynb #8cd81863
-def score_people(people: list[dict], served: ServedModel, batch: bool = True) -> Scored:
-    "Probabilities and decisions of `served` for validated `people`."
-    rows = [{c: f[c] for c in MODEL_INPUTS} for f in people]
+def score_people(people: People, served: ServedModel) -> Scored:
+    "Probabilities and decisions of `served` for validated `people` (one person through the predictor's single-row path)."
     predictor = served.predictor
-    probabilities = [predictor.predict_one(rows[0])] if not batch else predictor.predict_proba_records(rows).tolist()
-    return Scored(served, people, probabilities, batch)
+    if not people.batch: return Scored(served, people.features, [predictor.predict_one({c: people.features[0][c] for c in MODEL_INPUTS})], False)
+    proba = predictor.predict_proba_columns(people.columns)
+    return Scored(served, people.features, proba.tolist(), True, labels=(proba >= served.threshold).astype(np.int64).tolist())
 
-def score(data, served: ServedModel) -> Scored:
-    "The answers of `served` for a parsed JSON body (one person or a batch); `InvalidInput` names what is wrong."
-    people, batch = validated_people(data)
-    return score_people(people, served, batch)
+def score(data, served: ServedModel, copy: bool = True) -> Scored:
+    "The answers of `served` for a parsed JSON body (one person or a batch); `InvalidInput` names what is wrong (`copy`: see `validated`)."
+    return score_people(validated(data, copy), served)
+
+def score_body(body: bytes, served: ServedModel) -> Scored:
+    "The answers of `served` for a request body: `read_json` (a `ValueError` in words) then `score`."
+    return score(read_json(body), served, copy=False)

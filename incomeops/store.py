@@ -7,15 +7,24 @@ Docs: https://incomeops.github.io/incomeops/store.html.md"""
 # %% ../nbs/14_store.ipynb #b773d360
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import marshal
 import numbers
+import os
 import re
 import secrets
+import shutil
+import socket
+import struct
+import tempfile
 import threading
+import time
+import zlib
 from collections import Counter, deque
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -24,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from pydantic_core import PydanticSerializationError, from_json, to_json
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -33,8 +43,9 @@ from .config import Conflict, IncomeOpsError, Settings, get_settings
 # %% auto #0
 __all__ = ['log', 'metadata', 'Timestamp', 'predictions_table', 'feedback_table', 'hours_table', 'labelled_table', 'jobs_table',
            'alerts_table', 'SQLITE_PRAGMAS', 'DRIVERS', 'PREDICTION_FIELDS', 'PREDICTION_COLUMNS', 'FEEDBACK_COLUMNS',
-           'JOB_STATUSES', 'ACTIVE_STATUSES', 'JOB_FIELDS', 'INTERRUPTED', 'UPSERTS', 'HOUR_COUNTERS', 'StoreError',
-           'DuplicatePredictionError', 'make_engine', 'LogBatch', 'batches_of', 'Store', 'LogUnavailable',
+           'JOB_STATUSES', 'ACTIVE_STATUSES', 'JOB_FIELDS', 'INTERRUPTED', 'UPSERTS', 'HOUR_COUNTERS', 'JOURNAL_SUFFIX',
+           'DEAD_LETTERS', 'JOURNAL_OWNER', 'JOURNAL_MAGIC', 'StoreError', 'DuplicatePredictionError', 'make_engine',
+           'LogBatch', 'batches_of', 'Store', 'LogUnavailable', 'journal_record', 'read_journal', 'journal_folder',
            'PredictionLog']
 
 # %% ../nbs/14_store.ipynb #bc75df26
@@ -351,6 +362,40 @@ def _write_predictions(conn: sa.Connection, rows: list[dict]) -> None:
     conn.execute(predictions_table.insert(), rows)
     _add_to_hours(conn, _hour_rows(predictions=[(_hour(r["created_at"]), r["label"]) for r in rows]))
 
+@lru_cache(maxsize=4)
+def _log_insert_sql(paramstyle: str) -> str:
+    "The drain's INSERT for a driver of `paramstyle` (sqlite3 `qmark`, psycopg `%s`): an id already stored is skipped, not an error."
+    mark = "?" if paramstyle == "qmark" else "%s"
+    return (f"INSERT INTO {predictions_table.name} ({', '.join(PREDICTION_FIELDS)}) VALUES ({', '.join([mark] * len(PREDICTION_FIELDS))}) "
+            "ON CONFLICT (prediction_id) DO NOTHING")
+
+@lru_cache(maxsize=4)
+def _timestamp_binder(dialect: sa.Dialect):
+    "How `dialect` stores a `Timestamp` (SQLite: SQLAlchemy's text format), for parameters that bypass SQLAlchemy's types."
+    return Timestamp.dialect_impl(dialect).bind_processor(dialect) or (lambda value: value)
+
+def _as_utc(t: datetime) -> datetime:
+    "`t` in UTC; a naive `t` is taken as UTC already (how the store reads naive values back)."
+    return t.replace(tzinfo=UTC) if t.utcoffset() is None else t.astimezone(UTC)
+
+def _log_parameters(batches: list, stamp) -> dict[tuple[datetime, int], list[tuple]]:
+    "The rows of log `batches` as INSERT parameters (features as JSON text), grouped by hour and label: the cells of the hours table."
+    groups: dict[tuple[datetime, int], list[tuple]] = {}
+    for b in batches:
+        when = _as_utc(b.created_at)
+        hour, at, version = _hour(when), stamp(when), b.model_version
+        for i, p, y, f in zip(b.ids, b.probabilities, b.labels, b.features):
+            groups.setdefault((hour, y), []).append((i, at, version, p, y, to_json(f, fallback=_json_default).decode()))
+    return groups
+
+def _write_log_batches(conn: sa.Connection, batches: list) -> int:
+    "Insert the rows of log `batches` that are not stored yet, and count them by hour, in `conn`'s transaction; how many were new."
+    sql = _log_insert_sql(conn.dialect.paramstyle)
+    added = {cell: conn.exec_driver_sql(sql, rows).rowcount for cell, rows in _log_parameters(batches, _timestamp_binder(conn.dialect)).items()}
+    _add_to_hours(conn, [{"hour": hour, "label": label, "predictions": n, "labelled": 0, "feedback": 0}
+                         for (hour, label), n in sorted(added.items()) if n > 0])
+    return sum(added.values())
+
 def _write_feedback(conn: sa.Connection, rows: list[dict], made: dict[str, dict]) -> None:
     "Insert feedback `rows`, their labelled predictions and their counts, in `conn`'s transaction; `made`: each id's prediction (`_made`)."
     conn.execute(feedback_table.insert(), rows)
@@ -488,6 +533,10 @@ class Store:
         "Write checked prediction `rows` and their counts in one transaction; errors come out as raised (the log sorts them)."
         with self.engine.begin() as conn: _write_predictions(conn, rows)
 
+    def _insert_batches(self, batches: list) -> int:
+        "Write log `batches` in one transaction, skipping ids already stored; how many rows were new. Errors come out as raised."
+        with self.engine.begin() as conn: return _write_log_batches(conn, batches)
+
     def count_predictions(self) -> int:
         "How many predictions are stored (an exact `COUNT(*)`: `prediction_totals` is the cheap one)."
         with self._failing_as("counting predictions"), self.engine.connect() as conn:
@@ -620,115 +669,359 @@ class Store:
         q = sa.select(alerts_table).order_by(alerts_table.c.created_at.desc(), alerts_table.c.id.desc()).limit(limit)
         with self._failing_as("listing alerts"), self.engine.connect() as conn: return [_alert_dict(r) for r in conn.execute(q)]
 
-# %% ../nbs/14_store.ipynb #95c52ce9
+# %% ../nbs/14_store.ipynb #17873d2e
 class LogUnavailable(StoreError):
-    "The prediction log takes no rows now (queue full, database failing); try again after `retry_after` seconds."
+    "The prediction log takes no rows now (backlog full, journal failing); try again after `retry_after` seconds."
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after          # whole seconds, for a Retry-After header
 
-class _Ticket:
-    "One `submit` call: its future, and how many of its rows are not settled yet."
-    __slots__ = ("future", "left")
-    def __init__(self, future: Future, left: int): self.future, self.left = future, left
+JOURNAL_SUFFIX, DEAD_LETTERS, JOURNAL_OWNER = ".jnl", "dead-letter.jsonl", "DATABASE"
+JOURNAL_MAGIC = b"IOJ" + bytes([marshal.version])   # the format, and the marshal version that wrote it
+_HEADER = struct.Struct("<4sII")                     # magic, payload length, CRC-32 of the payload
+
+def _batch_tuple(b: LogBatch) -> tuple:
+    "`b` as plain lists and strings (`created_at` in UTC, ISO 8601)."
+    if not isinstance(b.created_at, datetime): raise StoreError(f"a LogBatch's created_at must be a datetime, not {type(b.created_at).__name__}")
+    return (b.ids, _as_utc(b.created_at).isoformat(), b.model_version, b.probabilities, b.labels, b.features)
+
+def _py(value):
+    "A numpy scalar as the Python value it holds; anything else as is (the database judges it)."
+    return value.item() if isinstance(value, np.generic) else value
+
+def _plain(b: LogBatch) -> LogBatch:
+    "`b` with plain Python values (numpy scalars converted; features as the JSON column would store them), which `marshal` takes."
+    try: features = from_json(to_json(b.features, fallback=_json_default))
+    except (PydanticSerializationError, TypeError, ValueError):
+        for i, f in enumerate(b.features): _json_dict(f, f"prediction row {i}: features")   # raises, naming the row
+        raise StoreError("the features of a batch cannot be stored as JSON") from None
+    return LogBatch([_py(i) for i in b.ids], b.created_at, _py(b.model_version), [_py(p) for p in b.probabilities],
+                    [_py(y) for y in b.labels], features)
+
+def _plain_numbers(b: LogBatch) -> bool:
+    "Whether the ids, probabilities and labels of `b` are plain `str`, `float` and `int` (0.3 ms for 10,000 people)."
+    return set(map(type, b.ids)) <= {str} and set(map(type, b.probabilities)) <= {float, int} and set(map(type, b.labels)) <= {int, bool}
+
+def _encoded(batches: list[LogBatch]) -> tuple[bytes, list[LogBatch]]:
+    "`batches` as one journal record (a header: magic, length, CRC-32; then the batches, marshalled), and the batches it holds."
+    if not all(map(_plain_numbers, batches)): batches = [_plain(b) for b in batches]
+    try: payload = marshal.dumps([_batch_tuple(b) for b in batches])
+    except ValueError:                                    # something marshal does not take (a str subclass...): converted
+        batches = [_plain(b) for b in batches]
+        try: payload = marshal.dumps([_batch_tuple(b) for b in batches])
+        except ValueError: raise StoreError("a batch holds ids, probabilities or labels that are not plain values") from None
+    return _HEADER.pack(JOURNAL_MAGIC, len(payload), zlib.crc32(payload)) + payload, batches
+
+def journal_record(batches: list[LogBatch]) -> bytes:
+    "`batches` as one journal record, as `submit` appends it."
+    return _encoded(batches)[0]
+
+def _batch_from(t: tuple) -> LogBatch:
+    ids, when, version, probabilities, labels, features = t
+    return LogBatch(ids, datetime.fromisoformat(when), version, probabilities, labels, features)
+
+def read_journal(path: Path) -> tuple[list[LogBatch], int]:
+    "The batches journaled in `path`, and how many bytes at its end were dropped: a torn last record (or a damaged one, and all after it)."
+    data, at, batches = Path(path).read_bytes(), 0, []
+    while len(data) - at >= _HEADER.size:
+        magic, n, crc = _HEADER.unpack_from(data, at)
+        if magic[:3] == JOURNAL_MAGIC[:3] and magic != JOURNAL_MAGIC:
+            raise StoreError(f"{Path(path).name} was written with marshal format {magic[3]} and this Python reads {marshal.version}: "
+                             "replay it with the Python that wrote it")
+        payload = data[at + _HEADER.size:at + _HEADER.size + n]
+        if magic != JOURNAL_MAGIC or len(payload) < n or zlib.crc32(payload) != crc: break
+        try: batches.extend(_batch_from(t) for t in marshal.loads(payload))
+        except (EOFError, ValueError, TypeError): break
+        at += _HEADER.size + n
+    return batches, len(data) - at
+
+# %% ../nbs/14_store.ipynb #48a76a28
+class _Segment:
+    "One journal file, held under an exclusive `flock` while it is open: its size, and how many of its records are not drained yet."
+    __slots__ = ("path", "fd", "size", "pending", "sealed")
+    def __init__(self, path: Path, fd: int, size: int = 0, sealed: bool = False):
+        self.path, self.fd, self.size, self.pending, self.sealed = path, fd, size, 0, sealed
+
+def _locked(path: Path, create: bool = False) -> int | None:
+    "A descriptor of `path` under an exclusive `flock`, or None if a live process holds it (or it was replayed and removed meanwhile)."
+    try: fd = os.open(path, os.O_RDWR | os.O_APPEND | ((os.O_CREAT | os.O_EXCL) if create else 0), 0o600)
+    except FileNotFoundError: return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(path).st_ino: return fd
+    except (BlockingIOError, FileNotFoundError): pass
+    os.close(fd)
+    return None
+
+def _write_all(fd: int, data: bytes) -> None:
+    "Write all of `data` to `fd` (a write may take only part of it)."
+    view = memoryview(data)
+    while view: view = view[os.write(fd, view):]
+
+def _sync_folder(folder: Path) -> None:
+    "Flush `folder`'s entries to disk, so that a file just created survives a power cut."
+    fd = os.open(folder, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
+def _claim_folder(folder: Path, database: str) -> None:
+    "Mark `folder` as the journal of `database`, or refuse if it is another database's: replaying there would be silently wrong."
+    owner, spare = folder / JOURNAL_OWNER, folder / f".{JOURNAL_OWNER}.{secrets.token_hex(4)}"
+    spare.write_text(database + "\n", encoding="utf-8")
+    try: os.link(spare, owner)                                    # atomic: a reader never sees half a name
+    except FileExistsError: pass
+    finally: spare.unlink()
+    if (claimed := owner.read_text(encoding="utf-8").strip()) != database:
+        raise StoreError(f"the journal folder {folder} belongs to the service database {claimed}, not {database}: "
+                         "give each database a journal folder of its own")
+
+class _Journal:
+    "The journal folder of one database: this process's files, the ones stopped processes left, and the dead letters."
+    def __init__(self, folder: Path, database: str, fsync: bool = True):
+        self.fsync = fsync                                            # False: the page cache is enough (survives a kill, not a power cut)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _claim_folder(folder, database)
+            self.folder, self.open = folder, set()
+            self._prefix, self._seq = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}-", 0
+            self.current = self.new_segment()
+        except OSError as e: raise StoreError(f"cannot use the journal folder {folder}: {e.strerror or e}") from e
+
+    def new_segment(self) -> _Segment:
+        "A new journal file of ours, locked, its name flushed to disk."
+        self._seq += 1
+        path = self.folder / f"{self._prefix}{self._seq:06d}{JOURNAL_SUFFIX}"
+        seg = _Segment(path, _locked(path, create=True))
+        _sync_folder(self.folder)
+        self.open.add(seg)
+        return seg
+
+    def write(self, seg: _Segment, data: bytes) -> None:
+        "Append whole records `data` to `seg` and flush them to disk; on failure, cut what was written so that no torn record is left."
+        try:
+            _write_all(seg.fd, data)
+            if self.fsync: os.fdatasync(seg.fd)
+        except OSError:
+            with suppress(OSError): os.ftruncate(seg.fd, seg.size)
+            raise
+        seg.size += len(data)
+
+    def orphans(self) -> list[tuple[_Segment, list[LogBatch]]]:
+        "The journal files no live process holds, each locked for us with its batches; a file with nothing readable is removed at once."
+        found = []
+        for path in sorted(self.folder.glob(f"*{JOURNAL_SUFFIX}")):
+            if path.name.startswith(self._prefix) or (fd := _locked(path)) is None: continue
+            seg = _Segment(path, fd, os.fstat(fd).st_size, sealed=True)
+            self.open.add(seg)
+            try: batches, dropped = read_journal(path)
+            except (OSError, StoreError) as e:
+                log.error("prediction log: cannot replay the journal file %s, which stays: %s", path, e)
+                self.close(seg)
+                continue
+            if dropped: log.warning("prediction log: %s ends with %d bytes of a record torn by the stop of its process "
+                                    "(never acknowledged); dropped", path.name, dropped)
+            if batches: found.append((seg, batches))
+            else: self.remove(seg)
+        return found
+
+    def remove(self, seg: _Segment) -> None:
+        "Delete a drained journal file, then let go of its lock."
+        with suppress(FileNotFoundError): seg.path.unlink()
+        self.close(seg)
+
+    def close(self, seg: _Segment) -> None:
+        "Let go of `seg` (its lock too); the file stays for the next start to replay."
+        if seg in self.open:
+            self.open.discard(seg)
+            os.close(seg.fd)
+
+    def dead_letter(self, batches: list[LogBatch], reason: str) -> Path:
+        "Append the rows of `batches` to the dead-letter file with `reason`, flushed to disk; the file."
+        now, path = datetime.now(UTC), self.folder / DEAD_LETTERS
+        lines = b"".join(to_json({**row, "refused_because": reason, "refused_at": now}, fallback=repr) + b"\n" for b in batches for row in b.rows())
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)                     # replicas share the file: one writer at a time
+            _write_all(fd, lines)
+            os.fdatasync(fd)
+        finally: os.close(fd)
+        return path
+
+def journal_folder(url: str | sa.URL, settings: Settings | None = None) -> Path | None:
+    "Where the log of the database at `url` keeps its journal: beside a SQLite file, else `log_journal_dir` or `data_dir/prediction-journal`."
+    u = url if isinstance(url, sa.URL) else _parse_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database in (None, "", ":memory:"): return None         # in memory: nothing to replay after a crash
+        if not u.database.startswith("file:"):
+            db = Path(u.database).expanduser().resolve()
+            return db.with_name(db.name + ".prediction-journal")
+    settings = settings or get_settings()
+    return settings.log_journal_dir or settings.data_dir / "prediction-journal"
+
+# %% ../nbs/14_store.ipynb #b3bbaed1
+def _log_batches(predictions, trusted: bool) -> list[LogBatch]:
+    "What `submit` was given, as non-empty batches: a `LogBatch` as is, rows grouped; checked first unless `trusted`."
+    if isinstance(predictions, LogBatch):
+        _same_lengths(predictions)
+        if trusted: return [predictions] if len(predictions) else []
+        predictions = predictions.rows()
+    elif not isinstance(predictions, (list, tuple)):
+        raise StoreError(f"the prediction log takes a LogBatch or a list of rows, not {type(predictions).__name__}")
+    if trusted: return batches_of(predictions)
+    return [_plain(b) for b in batches_of([_prediction_row(r, i) for i, r in enumerate(predictions)])]   # numpy values made plain
 
 class PredictionLog:
-    "Writes prediction rows by group commit off the request path: `submit` returns a future that resolves once they are committed."
-    retry_first, retry_max = 0.1, 5.0           # seconds to wait after a failed write: doubling from the first to the max
-    retry_after_full, retry_after_down = 1, 5   # what `LogUnavailable` advises: a full queue drains in moments, a database takes longer
+    "Acknowledges predictions once they are in an fsync'ed journal (group commit), and drains the journal into the database behind."
+    retry_first, retry_max = 0.1, 5.0           # seconds to wait after a failed database write: doubling from the first to the max
+    retry_after_full, retry_after_down = 1, 5   # what `LogUnavailable` advises: a backlog drains in moments, a database takes longer
+    segment_bytes = 16 * 2**20                  # a journal file is sealed past this size, and deleted once drained
 
-    def __init__(self, store: Store, *, max_queued: int = 20_000, batch_size: int = 2000):
+    def __init__(self, store: Store, *, max_queued: int = 20_000, batch_size: int = 10_000, journal_dir: Path | str | None = None,
+                 fsync: bool = True):
         if max_queued < 1 or batch_size < 1: raise StoreError("the prediction log needs max_queued >= 1 and batch_size >= 1")
-        self.store, self.max_queued, self.batch_size = store, max_queued, batch_size
-        self._queue: deque[tuple[dict, _Ticket]] = deque()   # rows waiting for the writer, each with its submit's ticket
-        self._cond = threading.Condition()   # guards the queue, counters and state; wakes the writer and `flush`
-        self._submitted = self._done = 0     # rows queued so far; rows settled (committed, or refused by the database)
-        self.written = self.failures = self.rejected = 0
+        self.store, self.max_queued, self.batch_size = store, max_queued, batch_size   # batch_size: most rows per database transaction
+        folder = journal_dir if journal_dir is not None else journal_folder(store.engine.url)
+        self._scratch = folder is None                   # an in-memory database: its journal cannot outlive it either
+        self.journal_dir = Path(tempfile.mkdtemp(prefix="incomeops-journal-") if folder is None else folder).expanduser()
+        self.fsync, self._journal = fsync, None      # fsync False: acknowledged once in the page cache (see `log_journal_fsync`)
+        self._to_journal: list[tuple[bytes, list[LogBatch], int, Future]] = []   # submitted: record, batches, rows, future
+        self._to_drain: deque[tuple[list[LogBatch], _Segment, int]] = deque()    # journaled: batches, their file, rows
+        self._cond = threading.Condition()   # guards all of the above and below; wakes the threads, `sync` and `flush`
+        self._submitted = self._settled = 0  # rows accepted so far; rows settled (in the database, dead-lettered, or never journaled)
+        self.written = self.failures = self.rejected = self.replayed = 0
         self.last_error: str | None = None
         self._down: str | None = None        # the database's error, from a failed write until the next one succeeds
-        self._closed, self._give_up = False, threading.Event()
-        self._thread: threading.Thread | None = None
+        self._journal_error: str | None = None
+        self._closed, self._journal_done, self._give_up = False, False, threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def from_settings(cls, store: Store, settings: Settings | None = None) -> PredictionLog:
+        "The log of `store` as `settings` (default: the process-wide ones) configure it: backlog bound, journal folder, fsync."
+        settings = settings or get_settings()
+        return cls(store, max_queued=settings.log_queue_rows, journal_dir=journal_folder(store.engine.url, settings),
+                   fsync=settings.log_journal_fsync)
 
     @property
     def depth(self) -> int:
-        "Rows submitted and not settled yet (queued or being written)."
-        return self._submitted - self._done
+        "Rows accepted and not in the database yet (being journaled, or journaled and waiting for the drain)."
+        return self._submitted - self._settled
+
+    @property
+    def dead_letters(self) -> Path:
+        "The file of rows the database refused."
+        return self.journal_dir / DEAD_LETTERS
+
+    def _backlog(self, room: str = "") -> str:
+        down = f"; the service database is not accepting writes: {self._down}" if self._down else ""
+        return f"the prediction log has {self.depth:,} predictions waiting for the database{room}{down}"
 
     @property
     def problem(self) -> str | None:
-        "Why the log cannot take rows now (a sentence for /ready), or None."
+        "Why the log cannot acknowledge predictions now (a sentence for /ready), or None."
         if self._closed: return "the prediction log is closed"
-        if self._down: return f"the service database is not accepting writes: {self._down}"
-        if self.depth >= self.max_queued: return f"the prediction log has {self.depth:,} predictions waiting for the database"
-        if self._thread is None or not self._thread.is_alive(): return "the prediction log's writer is not running"
+        if self._journal_error: return f"the prediction log cannot write its journal in {self.journal_dir}: {self._journal_error}"
+        if self.depth >= self.max_queued: return self._backlog()
+        if not self._threads or not all(t.is_alive() for t in self._threads): return "the prediction log's writer is not running"
         return None
 
     def start(self) -> PredictionLog:
-        "Start the writer thread (once)."
+        "Open the journal, queue what stopped processes left in it, and start the journal and drain threads (once)."
         with self._cond:
             if self._closed: raise StoreError("the prediction log is closed")
-            self._start_writer()
+            if not self._threads: self._open()
         return self
 
-    def _start_writer(self):
-        if self._thread is None:
-            self._thread = threading.Thread(target=_writer_loop, args=(self,), name="incomeops-prediction-log", daemon=True)
-            self._thread.start()
+    def _open(self) -> None:
+        "`start`'s work, holding the lock."
+        self._journal = _Journal(self.journal_dir, self.store.url, self.fsync)
+        for seg, batches in self._journal.orphans():
+            seg.pending = len(batches)
+            self._to_drain.extend(([b], seg, len(b)) for b in batches)
+            rows = sum(map(len, batches))
+            self._submitted, self.replayed = self._submitted + rows, self.replayed + rows
+            log.warning("prediction log: replaying %d prediction(s) journaled by a process that stopped (%s)", rows, seg.path.name)
+        for name, loop in (("journal", _journal_loop), ("drain", _drain_loop)):
+            thread = threading.Thread(target=loop, args=(self,), name=f"incomeops-log-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
-    def submit(self, rows: list[dict], trusted: bool = False) -> Future:
-        "Queue prediction `rows` (checked now, unless `trusted`); a future: None once they are committed, or a `StoreError`."
-        checked = rows if trusted else [_prediction_row(r, i) for i, r in enumerate(rows)]
+    def submit(self, predictions: LogBatch | list[dict], trusted: bool = False) -> Future:
+        "Journal `predictions` (a `LogBatch`, or rows; checked now unless `trusted`); a future: None once they are on disk, or a `StoreError`."
+        batches = _log_batches(predictions, trusted)
+        n = sum(map(len, batches))
         future = Future()
-        future.set_running_or_notify_cancel()        # queued rows are written whatever the caller does: no cancelling
-        if not checked:
+        future.set_running_or_notify_cancel()        # what is submitted is written whatever the caller does: no cancelling
+        if not n:
             future.set_result(None)
             return future
+        with self._cond: self._admit(n)              # refused before the encoding costs anything
+        record, batches = _encoded(batches)
         with self._cond:
-            self._admit(len(checked))
-            ticket = _Ticket(future, len(checked))
-            self._queue.extend((row, ticket) for row in checked)
-            self._submitted += len(checked)
+            self._admit(n)
+            self._to_journal.append((record, batches, n, future))
+            self._submitted += n
             self._cond.notify_all()
         return future
 
     def _admit(self, n: int) -> None:
-        "Raise unless `n` more rows may queue now (called holding the lock)."
+        "Raise unless `n` more rows may wait now (called holding the lock)."
         if self._closed: raise StoreError(f"the prediction log is closed: {n} prediction(s) not logged")
-        if self._down: raise LogUnavailable(f"the service database is not accepting writes: {self._down}", self.retry_after_down)
         if self.depth + n > self.max_queued:
             room = "" if self.depth >= self.max_queued else f", room for {self.max_queued - self.depth:,} more, not {n:,}"
-            raise LogUnavailable(f"the prediction log has {self.depth:,} predictions waiting for the database{room}", self.retry_after_full)
+            raise LogUnavailable(self._backlog(room), self.retry_after_down if self._down else self.retry_after_full)
 
-    def flush(self, timeout: float = 10) -> None:
-        "Wait until every row submitted before this call is settled; `StoreError` after `timeout` seconds. (The futures make it rarely needed.)"
+    def sync(self, timeout: float = 5) -> bool:
+        "Wait until every prediction submitted before this call is in the database (or dead-lettered); False if `timeout` s pass first."
         with self._cond:
             target = self._submitted
-            if self._done >= target: return
-            if self._thread is None or not self._thread.is_alive(): raise StoreError(f"the prediction log is not running: {self.depth} prediction(s) wait")
-            if not self._cond.wait_for(lambda: self._done >= target, timeout):
-                raise StoreError(f"the prediction log could not write {target - self._done} prediction(s) within {timeout:g} s"
+            return self._cond.wait_for(lambda: self._settled >= target, timeout)
+
+    def flush(self, timeout: float = 10) -> None:
+        "Like `sync`, but a `StoreError` saying why if the predictions are not all in the database within `timeout` seconds."
+        with self._cond:
+            target = self._submitted
+            if self._settled >= target: return
+            if not self._threads or not all(t.is_alive() for t in self._threads):
+                raise StoreError(f"the prediction log is not running: {target - self._settled} prediction(s) wait")
+            if not self._cond.wait_for(lambda: self._settled >= target, timeout):
+                raise StoreError(f"the prediction log could not write {target - self._settled} prediction(s) within {timeout:g} s"
                                  + (f" (last error: {self.last_error})" if self.last_error else ""))
 
     def close(self, timeout: float = 30) -> None:
-        "Write everything queued (resolving the futures), then stop; after `timeout` seconds give up, failing the futures left. Idempotent."
+        "Journal and drain everything submitted, then stop; after `timeout` s stop anyway: what is left stays journaled for the next start."
         with self._cond:
             if self._closed: return
             self._closed = True
-            if self._queue: self._start_writer()              # never started: drain anyway
+            if not self._threads and self._to_journal:                # never started: journal and drain anyway
+                try: self._open()
+                except StoreError as e:
+                    for *_, future in self._to_journal: future.set_exception(e)
+                    self._settled, self._to_journal = self._submitted, []
+                    log.error("prediction log closed without its journal: %s", e)
             self._cond.notify_all()
-        if self._thread is None: return
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        deadline = time.monotonic() + timeout
+        for t in self._threads: t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in self._threads):
             self._give_up.set()
-            self._thread.join(5)
-        if self.depth: log.error("prediction log closed with %d prediction(s) not written (last error: %s)", self.depth, self.last_error)
+            for t in self._threads: t.join(5)
+        with self._cond:
+            if self._journal:
+                for seg in list(self._journal.open):
+                    if seg.pending == 0: self._journal.remove(seg)
+                    else: self._journal.close(seg)
+        if self.depth:
+            log.error("prediction log closed with %d prediction(s) not in the database yet (last error: %s); they stay in the journal %s, "
+                      "and the next start writes them", self.depth, self.last_error, self.journal_dir)
+        elif self._scratch: shutil.rmtree(self.journal_dir, ignore_errors=True)
 
     def __enter__(self): return self.start()
     def __exit__(self, *exc): self.close()
     def __repr__(self):
-        return f"PredictionLog({self.store.url!r}, depth={self.depth}, written={self.written}, rejected={self.rejected}, failures={self.failures})"
+        return (f"PredictionLog({self.store.url!r}, depth={self.depth}, written={self.written}, rejected={self.rejected}, "
+                f"failures={self.failures}, replayed={self.replayed})")
 
-# %% ../nbs/14_store.ipynb #da0acbbe
+# %% ../nbs/14_store.ipynb #cf510870
 def _connection_trouble(e: BaseException) -> bool:
     "Whether `e` (or the database error behind a `StoreError`) is the database failing rather than the rows: worth retrying as is."
     if isinstance(e, StoreError) and e.__cause__ is not None: e = e.__cause__
@@ -738,87 +1031,121 @@ def _without_values(reason: str) -> str:
     "`reason` with quoted text after a colon blanked: drivers quote the value they refused there."
     return re.sub(r"""(:\s*)("[^"]*"|'[^']*')""", r"\1...", reason)
 
-def _writer_loop(plog: PredictionLog) -> None:
-    "The writer thread: whenever rows wait, write up to `batch_size` of them in one transaction; until closed and drained."
+def _journal_loop(plog: PredictionLog) -> None:
+    "The journal thread: append everything submitted meanwhile in one write and one fdatasync, hand it to the drain, resolve the futures."
+    try:
+        while True:
+            with plog._cond:
+                plog._cond.wait_for(lambda: plog._to_journal or plog._closed)
+                if not plog._to_journal: return
+                group, plog._to_journal = plog._to_journal, []
+            seg = plog._journal.current
+            try: plog._journal.write(seg, b"".join(record for record, *_ in group))
+            except OSError as e:
+                _journal_failed(plog, group, e)
+                continue
+            for *_, future in group: future.set_result(None)           # first: the drain, once woken, competes for the GIL
+            with plog._cond:
+                seg.pending += len(group)
+                plog._to_drain.extend((batches, seg, n) for _, batches, n, _ in group)
+                plog._journal_error = None
+                plog._cond.notify_all()
+            if seg.size >= plog.segment_bytes: _rotate(plog, seg)
+    finally:
+        with plog._cond:
+            plog._journal_done = True
+            plog._cond.notify_all()
+
+def _journal_failed(plog: PredictionLog, group: list, error: OSError) -> None:
+    "The journal could not take `group`: nothing of it was acknowledged; its futures fail with `LogUnavailable`."
+    reason = f"{type(error).__name__}: {error.strerror or error}"
+    with plog._cond:
+        plog._journal_error, plog.last_error, plog.failures = reason, reason, plog.failures + 1
+        plog._settled += sum(n for _, _, n, _ in group)
+        plog._cond.notify_all()
+    log.error("prediction log: writing %d prediction(s) to the journal in %s failed: %s", sum(n for _, _, n, _ in group), plog.journal_dir, reason)
+    for *_, future in group:
+        future.set_exception(LogUnavailable(f"the prediction log could not write its journal ({reason}); nothing was acknowledged", plog.retry_after_down))
+
+def _rotate(plog: PredictionLog, full: _Segment) -> None:
+    "Seal the `full` journal file for a new one; it is deleted once drained (at once if it is already)."
+    try: fresh = plog._journal.new_segment()
+    except OSError as e:
+        log.error("prediction log: cannot start a new journal file in %s (the full one grows): %s", plog.journal_dir, e)
+        return
+    with plog._cond:
+        plog._journal.current, full.sealed = fresh, True
+        if full.pending == 0: plog._journal.remove(full)
+
+def _drain_loop(plog: PredictionLog) -> None:
+    "The drain thread: write journaled batches to the database, up to `batch_size` rows a transaction, until closed and drained."
     while True:
         with plog._cond:
-            plog._cond.wait_for(lambda: plog._queue or plog._closed)
-            if not plog._queue: return
-            items = [plog._queue.popleft() for _ in range(min(len(plog._queue), plog.batch_size))]
-        if not _write(plog, items):
-            _abandon(plog, items)
-            return
+            plog._cond.wait_for(lambda: plog._to_drain or plog._journal_done)
+            if not plog._to_drain: return
+            chunk, rows = [plog._to_drain.popleft()], 0
+            rows = chunk[0][2]
+            while plog._to_drain and rows + plog._to_drain[0][2] <= plog.batch_size:
+                chunk.append(plog._to_drain.popleft())
+                rows += chunk[-1][2]
+        if not _drain(plog, [b for batches, _, _ in chunk for b in batches]): return   # close gave up: the rest stays journaled
+        _drained(plog, chunk, rows)
 
-def _write(plog: PredictionLog, items: list[tuple[dict, _Ticket]]) -> bool:
-    "Write `items` ((row, ticket) pairs): retried while the database fails, split around rows it refuses; False if `close` gave up."
-    parts, delay = [items], plog.retry_first
+def _drain(plog: PredictionLog, batches: list[LogBatch]) -> bool:
+    "Write `batches`: retried while the database fails, split around rows it refuses; False if `close` gave up meanwhile."
+    parts, delay = [batches], plog.retry_first
     while parts:
         part = parts.pop()
-        try: plog.store._insert_predictions([row for row, _ in part])
+        try: written = plog.store._insert_batches(part)
         except Exception as error:
             if not _connection_trouble(error):
                 parts.extend(_split(plog, part, error))
                 continue
             parts.append(part)
-            if not _pause(plog, error, len(part), delay): return False
+            if not _pause(plog, error, sum(map(len, part)), delay): return False
             delay = min(delay * 2, plog.retry_max)
         else:
-            _settle(plog, part, written=len(part))
+            with plog._cond: plog.written, plog._down = plog.written + written, None    # the database takes writes again
             delay = plog.retry_first
     return True
 
-def _split(plog: PredictionLog, part: list, error: Exception) -> list[list]:
-    "What is left to write of `part`, which the database refused: without ids already stored; nothing if one row (refused); else two halves."
-    with plog._cond: plog.failures, plog.last_error = plog.failures + 1, _without_values(_reason(error))
-    if isinstance(error, IntegrityError):
-        try: fresh, settled, repeats = _unstored(plog, part)
-        except Exception: fresh, settled, repeats = part, [], 0     # the lookup failed too: split anyway
-        if settled:                                                  # a write that committed unacknowledged, or an id given twice
-            log.warning("prediction log: %d of %d prediction(s) were already stored or repeated; skipped", len(settled), len(part))
-            _settle(plog, settled, written=len(settled) - repeats)
-            return [fresh] if fresh else []
-    if len(part) == 1:
-        _reject(plog, part[0], error)
-        return []
-    half = len(part) // 2
-    return [part[half:], part[:half]]                                # the first half is written first
+def _halves(batches: list[LogBatch]) -> tuple[list[LogBatch], list[LogBatch]]:
+    "`batches` cut in two halves by rows (the batch across the middle is cut too)."
+    half, left, right, seen = sum(map(len, batches)) // 2, [], [], 0
+    for b in batches:
+        if seen >= half: right.append(b)
+        elif seen + len(b) <= half: left.append(b)
+        else: left, right = left + [b.part(0, half - seen)], right + [b.part(half - seen, len(b))]
+        seen += len(b)
+    return left, right
 
-def _unstored(plog: PredictionLog, items: list) -> tuple[list, list, int]:
-    "`items` split into rows not stored yet and rows to settle unwritten (already stored, or an id repeated), and the number repeated."
-    stored = plog.store._stored_prediction_ids([row["prediction_id"] for row, _ in items])
-    seen, fresh, settled, repeats = set(), [], [], 0
-    for item in items:
-        pid = item[0]["prediction_id"]
-        if pid in seen: repeats += 1
-        (settled if pid in seen or pid in stored else fresh).append(item)
-        seen.add(pid)
-    return fresh, settled, repeats
-
-def _settle(plog: PredictionLog, items: list, written: int) -> None:
-    "Count `items` as done (`written` of them new in the database) and resolve the futures whose rows are all settled."
-    finished = []
-    with plog._cond:
-        for _, ticket in items:
-            ticket.left -= 1
-            if ticket.left == 0: finished.append(ticket.future)
-        plog._done += len(items)
-        plog.written += written
-        plog._down = None                            # a write went through: the database takes writes again
-        plog._cond.notify_all()
-    for future in finished:
-        if not future.done(): future.set_result(None)
-
-def _reject(plog: PredictionLog, item: tuple[dict, _Ticket], error: Exception) -> None:
-    "Refuse the one row the database will not store: its future fails, the log names its id (never its values)."
-    row, ticket = item
+def _split(plog: PredictionLog, part: list[LogBatch], error: Exception) -> list[list[LogBatch]]:
+    "What is left to write of `part`, which the database refused: nothing if it is one row (dead-lettered), else its two halves."
     reason = _without_values(_reason(error))
-    log.error("prediction log: the database refused prediction %s, which is not logged: %s",
-              row.get("prediction_id") if isinstance(row, dict) else "(not a dict)", reason)
+    with plog._cond: plog.failures, plog.last_error = plog.failures + 1, reason
+    if sum(map(len, part)) > 1:
+        left, right = _halves(part)
+        return [right, left]                                         # the first half is written first
+    _dead_letter(plog, part, reason)
+    return []
+
+def _dead_letter(plog: PredictionLog, part: list[LogBatch], reason: str) -> None:
+    "Keep the one row the database refused in the dead-letter file; the log names its id (never its values)."
+    pid = next((b.ids[0] for b in part if len(b)), None)
+    try: where = plog._journal.dead_letter(part, reason)
+    except OSError as e:
+        log.error("prediction log: the database refused prediction %s (%s), and the dead-letter file failed too (%s): it is lost", pid, reason, e)
+    else: log.error("prediction log: the database refused prediction %s, kept in %s: %s", pid, where, reason)
+    with plog._cond: plog.rejected += 1
+
+def _drained(plog: PredictionLog, chunk: list, rows: int) -> None:
+    "Count the `rows` of `chunk` as settled, and delete the sealed journal files that have nothing left to drain."
     with plog._cond:
-        ticket.left -= 1
-        plog._done, plog.rejected = plog._done + 1, plog.rejected + 1
+        for _, seg, _ in chunk:
+            seg.pending -= 1
+            if seg.sealed and seg.pending == 0: plog._journal.remove(seg)
+        plog._settled += rows
         plog._cond.notify_all()
-    if not ticket.future.done(): ticket.future.set_exception(StoreError(f"the prediction could not be logged: the service database refused it ({reason})"))
 
 def _pause(plog: PredictionLog, error: Exception, n: int, delay: float) -> bool:
     "After the database failed a write of `n` rows: mark it down, log, wait `delay` seconds; False if `close` gave up meanwhile."
@@ -826,12 +1153,3 @@ def _pause(plog: PredictionLog, error: Exception, n: int, delay: float) -> bool:
     with plog._cond: plog._down, plog.last_error, plog.failures = reason, reason, plog.failures + 1
     log.error("prediction log: writing %d prediction(s) failed, retrying in %.2g s (%d waiting): %s", n, delay, plog.depth, reason)
     return not plog._give_up.wait(delay)
-
-def _abandon(plog: PredictionLog, items: list) -> None:
-    "After `close` gave up: fail the futures of `items` and of every row still queued (those rows are lost; `close` logs how many)."
-    with plog._cond:
-        items = items + list(plog._queue)
-        plog._queue.clear()
-    for future in {id(t.future): t.future for _, t in items}.values():
-        if not future.done():
-            future.set_exception(StoreError(f"the prediction log stopped before writing these predictions (last error: {plog.last_error})"))

@@ -206,6 +206,8 @@ HEX12 = r"^[0-9a-f]{12}$"
 
 class UnknownProductionData(InvalidInput):
     "A training job names a `production_data_version` this project has no file of."
+    def __init__(self, message: str):
+        super().__init__(message, [{"field": "production_data_version", "problem": message}])
 
 def production_rows_path(version: str, settings: Settings) -> Path:
     "Where the labelled production rows of content version `version` are (written by `write_production_rows`)."

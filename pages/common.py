@@ -6,8 +6,7 @@ import os
 
 import streamlit as st
 
-from incomeops.client import ApiClient, ApiRejected, ApiUnavailable
-from incomeops.config import Settings
+from incomeops.client import ApiClient, ApiRejected, ApiUnavailable, service_url
 
 UNKNOWN = "Unknown"
 TIMEOUT = float(os.environ.get("INCOMEOPS_UI_TIMEOUT", "10"))
@@ -19,7 +18,7 @@ def client(url: str, key: str | None) -> ApiClient:
     return ApiClient(url, api_key=key, timeout=TIMEOUT)
 
 
-def api_url() -> str: return os.environ.get("INCOMEOPS_API_URL") or Settings.model_fields["api_url"].default
+def api_url() -> str: return service_url()
 
 
 def form_key() -> str | None:

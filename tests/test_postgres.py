@@ -12,11 +12,12 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import OperationalError
 
 from api_support import ADMIN_KEY, ApiServer, project_settings, register_model
 from incomeops.loader import ModelHolder
 from incomeops.schema import EXAMPLE_PERSON
-from incomeops.store import PredictionLog, Store
+from incomeops.store import LogBatch, PredictionLog, Store
 
 SERVICE_URL = os.environ.get("INCOMEOPS_TEST_POSTGRES_URL")
 MLFLOW_URL = os.environ.get("INCOMEOPS_TEST_MLFLOW_POSTGRES_URL")
@@ -64,25 +65,52 @@ def test_store_on_postgresql(pg_project):
     finally: store.close()
 
 
-def test_prediction_log_loses_nothing_on_postgresql(pg_project):
+def test_prediction_log_loses_nothing_on_postgresql(pg_project, tmp_path):
     store = Store(SERVICE_URL)
-    before = store.count_predictions()
-    plog = PredictionLog(store).start()
+    before, counted = store.count_predictions(), store.prediction_totals()["predictions"]
+    plog = PredictionLog(store, journal_dir=tmp_path / "journal").start()
     rows, futures = [row(i) for i in range(4_000)], [[] for _ in range(4)]
     threads = [threading.Thread(target=lambda k=k: futures[k].extend(plog.submit([r]) for r in rows[k::4])) for k in range(4)]
     for t in threads: t.start()
     for t in threads: t.join()
     try:
-        assert {f.result(timeout=60) for share in futures for f in share} == {None}      # each acknowledged once committed
+        assert {f.result(timeout=60) for share in futures for f in share} == {None}      # each acknowledged once journaled
+        assert plog.sync(timeout=60)                                                      # ... and then in the database
         plog.close()
         assert store.count_predictions() - before == 4_000 and plog.failures == 0 and plog.depth == 0
+        assert store.prediction_totals()["predictions"] - counted == 4_000
+    finally: store.close()
+
+
+def test_a_journal_left_behind_is_replayed_into_postgresql_once(pg_project, tmp_path):
+    "A log whose database writes never finish is stopped with its rows journaled; the next log replays them, skipping rows stored already."
+    store = Store(SERVICE_URL)
+    try:
+        before, counted = store.count_predictions(), store.prediction_totals()["predictions"]
+        batch = LogBatch([uuid.uuid4().hex for _ in range(500)], datetime.now(UTC), "1", [i / 500 for i in range(500)],
+                         [i % 2 for i in range(500)], [{"age": 20 + i % 50, "workclass": None} for i in range(500)])
+        store._insert_batches([batch.part(0, 100)])                                       # a drain that committed 100 of them
+        def never_written(batches): raise OperationalError("INSERT ...", {}, Exception("server closed the connection (simulated)"))
+        store._insert_batches = never_written
+        stuck = PredictionLog(store, journal_dir=tmp_path / "journal").start()
+        stuck.retry_first = 0.01
+        stuck.submit(batch, trusted=True).result(timeout=10)
+        stuck.close(timeout=0.5)                                                          # gives up: the 500 stay in the journal
+        del store._insert_batches
+        assert stuck.depth == 500 and store.count_predictions() - before == 100
+        with PredictionLog(store, journal_dir=tmp_path / "journal") as after:
+            assert after.replayed == 500 and after.sync(timeout=30)
+            assert after.written == 400 and after.failures == 0
+        assert store.count_predictions() - before == 500
+        assert store.prediction_totals()["predictions"] - counted == 500                 # the hours table counted each row once
+        assert set(batch.ids) <= set(store.predictions()["prediction_id"])
     finally: store.close()
 
 
 def test_registry_on_postgresql_serves_through_the_api(pg_project):
     settings, _ = pg_project
     holder = ModelHolder(settings)
-    assert holder.reload() and holder.current.predictor.backend == "onnx"
+    assert holder.reload() and holder.current.predictor.backend in ("compiled", "onnx")      # a fast path, not the sklearn fallback
     server = ApiServer(settings, env={"INCOMEOPS_API_KEY": ADMIN_KEY}).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
