@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 import time
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -19,9 +19,7 @@ import sqlalchemy as sa
 
 from .config import Conflict, IncomeOpsError, NotFound, Settings, get_settings
 from .features import UnsafeQueryError
-from incomeops.monitoring import (
-    Verdict,
-)
+from .monitoring import Verdict
 from .notebooks import JobControl, JobStopped, run_training
 from .retraining import record_alarms, retrain_champion, retraining_hold, run_monitoring
 from .store import ACTIVE_STATUSES, Store, Timestamp, jobs_table
