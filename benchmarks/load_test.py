@@ -4,12 +4,12 @@ Not a test: it prints figures and asserts nothing. Run from the project folder a
 
     .venv/bin/python benchmarks/load_test.py [--root .] [--requests 20000] [--concurrency 32]
 
-It starts the API (uvicorn, one worker) with a fresh prediction-log database, sends `--requests` single-person POSTs
-to /predict with `--concurrency` in flight (people of adult.test in turn, over keep-alive connections), records every
-status and every prediction id answered, stops the server as an operator would (SIGTERM: uvicorn finishes the
-requests in flight), then counts the ids in the database: lost = answered but not logged (an answer waits for its
-log commit, so this should be 0 even after a SIGKILL: tests/test_durability.py checks that); duplicated = logged more
-than once.
+It starts the API (uvicorn, one worker, by `incomeops.harness`) with a fresh prediction-log database, sends `--requests`
+single-person POSTs to /predict with httpx, `--concurrency` in flight (people of adult.test in turn, over keep-alive
+connections), records every status and every prediction id answered, stops the server as an operator would (SIGTERM:
+uvicorn finishes the requests in flight), then counts the ids in the database: lost = answered but not logged (an answer
+waits for its log commit, so this should be 0 even after a SIGKILL: tests/test_durability.py checks that); duplicated =
+logged more than once.
 """
 from __future__ import annotations
 
@@ -22,41 +22,38 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import sqlalchemy as sa
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_service import HttpStatusError, RawHttp, our_api, people, post_bytes, prediction_key  # noqa: E402
+from bench_service import JSON, our_api, people, prediction_key  # noqa: E402
 
 from incomeops.config import Settings  # noqa: E402
 from incomeops.registry import CHAMPION, version_by_alias  # noqa: E402
 
 
-async def hammer(url: str, requests: list[bytes], total: int, concurrency: int) -> tuple[list[str], dict, np.ndarray, float]:
+async def hammer(url: str, headers: dict, bodies: list[bytes], total: int, concurrency: int) -> tuple[list[str], dict, np.ndarray, float]:
     "Answered prediction ids, counts of outcomes, latencies (ms) and wall time of `total` requests."
     counter, ids, outcomes, latencies = iter(range(total)), [], {}, []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async def worker():
-        http = None
+    async def worker(http: httpx.AsyncClient):
         for i in counter:
             start = time.perf_counter()
-            try:
-                if http is None: http = await RawHttp(url).__aenter__()
-                body = await http.send(requests[i % len(requests)])
-                ids.append(json.loads(body)["prediction_id"])
-                outcomes["200"] = outcomes.get("200", 0) + 1
-            except Exception as e:               # count every failure by status or kind, reconnect, go on
-                kind = f"HTTP {e.status}" if isinstance(e, HttpStatusError) else type(e).__name__
-                outcomes[kind] = outcomes.get(kind, 0) + 1
-                http = None
-                continue
-            latencies.append((time.perf_counter() - start) * 1000)          # answered requests only
-        if http: await http.__aexit__()
+            try: response = await http.post("/predict", content=bodies[i % len(bodies)])
+            except httpx.HTTPError as e: kind = type(e).__name__                # count every failure by status or kind, go on
+            else: kind = "200" if response.status_code == 200 else f"HTTP {response.status_code}"
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+            if kind == "200":
+                ids.append(json.loads(response.content)["prediction_id"])
+                latencies.append((time.perf_counter() - start) * 1000)          # answered requests only
 
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return ids, outcomes, np.array(latencies), time.perf_counter() - start
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        return ids, outcomes, np.array(latencies), time.perf_counter() - start
 
 
 def logged_ids(database_url: str) -> list[str]:
@@ -75,14 +72,15 @@ def main() -> None:
     settings = Settings(root=args.root)
     champion = version_by_alias(CHAMPION, settings)
     if champion is None: sys.exit(f"no champion in the registry of {args.root}: run `make train` first")
-    bodies, _ = people(settings)
-    requests = [post_bytes("/predict", b, prediction_key(settings)) for b in bodies]
+    bodies = [json.dumps(b).encode() for b in people(settings)]
+    key = prediction_key(settings)
+    headers = {**JSON, **({"X-API-Key": key} if key else {})}
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; model version {champion.version}; "
           f"{args.requests:,} requests at concurrency {args.concurrency}")
     with tempfile.TemporaryDirectory() as d:
         server = our_api(settings, Path(d))
-        with server:
-            ids, outcomes, ms, seconds = uvloop.run(hammer(server.url, requests, args.requests, args.concurrency))
+        with server:                           # leaving it stops the server as an operator would (SIGTERM), then counts
+            ids, outcomes, ms, seconds = uvloop.run(hammer(server.url, headers, bodies, args.requests, args.concurrency))
         database = server.env["INCOMEOPS_DATABASE_URL"]
         stored = logged_ids(database)
     errors = sum(n for k, n in outcomes.items() if k != "200")

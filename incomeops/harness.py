@@ -91,8 +91,8 @@ class Server:
     def port(self) -> int: return httpx.URL(self.url).port
 
     def start(self) -> Server:
-        "Start the command (without waiting for it to answer)."
-        if self.proc is not None: raise ServerFailed(f"{self.name} was started already")
+        "Start the command (without waiting for it to answer); again after a `stop`, with a new log."
+        if self.proc is not None and self.proc.poll() is None: raise ServerFailed(f"{self.name} is running already")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "wb") as log:                     # the child has its own copy of the descriptor
             self.proc = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log,

@@ -1,7 +1,6 @@
 """Shared fixtures: the data mirror, throwaway project folders and a real HTTP server on loopback."""
 import http.server
 import os
-import socket
 import threading
 import zipfile
 from functools import partial
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from incomeops.config import Settings, find_project_root
+from incomeops.harness import free_port  # noqa: F401  (the tests take it from here)
 
 REPO = find_project_root(Path(__file__).parent)
 DATA_FILES = ("adult.data", "adult.test", "adult.names")
@@ -49,13 +49,6 @@ def make_zip(dest: Path, files: dict[str, bytes]) -> Path:
     return dest
 
 
-def free_port() -> int:
-    "A TCP port on 127.0.0.1 that nothing listens on right now."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args): pass
 
@@ -84,6 +77,4 @@ def champion_project(tmp_path_factory, mirror):
 def api(champion_project):
     "The API under uvicorn on loopback, serving `champion_project`, with an admin key; stopped at the end."
     from api_support import ADMIN_KEY, ApiServer
-    server = ApiServer(champion_project[0], env={"INCOMEOPS_API_KEY": ADMIN_KEY}).start()
-    yield server
-    server.stop()
+    with ApiServer(champion_project[0], env={"INCOMEOPS_API_KEY": ADMIN_KEY}) as server: yield server

@@ -3,15 +3,13 @@ which talks to the running API, and the answer must appear. Screenshots of every
 (uploaded by CI as an artifact, and used by the docs).
 """
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO
+from incomeops.harness import Server, free_port
 from scripts.ui_tour import chromium_path, launch, tour
 
 CHROMIUM = chromium_path()
@@ -24,20 +22,11 @@ pytestmark = [pytest.mark.timeout(600),
 def ui(api):
     "The Streamlit app on a free loopback port, talking to the test API."
     port = free_port()
-    log = open(api.settings.root / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1",
-                             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                            cwd=REPO, env={**os.environ, "INCOMEOPS_API_URL": api.url}, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200: break
-        except httpx.TransportError: time.sleep(0.3)
-    else: raise RuntimeError("the Streamlit app did not start: " + (api.settings.root / "streamlit.log").read_text())
-    yield url
-    proc.terminate()
-    proc.wait(30)
+    command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.address", "127.0.0.1", "--server.port", str(port),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    with Server("the Streamlit app", command, f"http://127.0.0.1:{port}", api.settings.root / "streamlit.log", cwd=REPO,
+                env={**os.environ, "INCOMEOPS_API_URL": api.url}, ready_path="/_stcore/health", ready_timeout=60) as app:
+        yield app.url
 
 
 @pytest.fixture(scope="module")

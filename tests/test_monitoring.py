@@ -1,5 +1,5 @@
 """Monitoring and retraining end to end, with real components only: Papermill training into an MLflow SQLite registry,
-the API under uvicorn in its own process (`incomeops.simulation.Service`), and replays of the held-out census through it.
+the API under uvicorn in its own process (`incomeops.harness.api_server`), and replays of the held-out census through it.
 
 The retraining tests share one covariate-shift workspace (module-scoped) and run in file order: the drift alarm on the first
 500 rows, a retraining that crashes, one that promotes, one that must be refused."""
@@ -15,10 +15,10 @@ from conftest import REPO
 from incomeops.cleaning import TARGET, build_dataset
 from incomeops.client import ApiClient
 from incomeops.config import Settings
+from incomeops.harness import api_server
 from incomeops.monitoring import split_test_file
 from incomeops.simulation import (
     SCENARIOS,
-    Service,
     first_champion,
     people,
     replay,
@@ -40,10 +40,9 @@ def base_settings(tmp_path_factory, mirror) -> Settings:
 
 
 def notebooks_with_crash_switch(repo: Path) -> Path:
-    "A copy of nbs/ under `repo` whose training notebook raises after the final fit while the crash flag file exists; app/ linked."
+    "A copy of nbs/ under `repo` whose training notebook raises after the final fit while the crash flag file exists."
     nbs = repo / "nbs"
     shutil.copytree(REPO / "nbs", nbs, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "_proc"))
-    (repo / "app").symlink_to(REPO / "app", target_is_directory=True)
     path = nbs / "pipelines" / "train.ipynb"
     nb = nbformat.read(path, as_version=4)
     final_fit = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "make_model(family, chosen.params, seed).fit(X, y)" in c.source]
@@ -68,14 +67,11 @@ def covariate_shift(tmp_path_factory, base_settings):
     clean = build_dataset(s).load()
     stream = split_test_file(clean[clean["split"] == "test"], s)[1]
     flag = nbs / "pipelines" / CRASH_FLAG
-    service = Service(s).start()
-    client = ApiClient(service.url, api_key=s.api_key.get_secret_value(), timeout=120)
-    state = {"settings": s, "scenario": scenario, "stream": stream, "first_version": str(first["model_version"]), "flag": flag,
-             "service": service, "pid": service.proc.pid, "client": client, "replayed": 0}
-    try: yield state
-    finally:
-        client.close()
-        service.stop()
+    with api_server(s, env={"OMP_NUM_THREADS": "1"}) as service:
+        client = ApiClient(service.url, api_key=s.api_key.get_secret_value(), timeout=120)
+        try: yield {"settings": s, "scenario": scenario, "stream": stream, "first_version": str(first["model_version"]), "flag": flag,
+                    "service": service, "pid": service.proc.pid, "client": client, "replayed": 0}
+        finally: client.close()
 
 
 def served_version(client: ApiClient) -> str: return str(client.model()["version"])

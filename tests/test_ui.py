@@ -60,8 +60,7 @@ def test_an_unreachable_api_gets_a_friendly_message(monkeypatch):
 
 def test_the_form_sends_the_prediction_key_and_explains_a_missing_or_wrong_one(champion_project, monkeypatch):
     key = "shared-with-the-form"
-    server = ApiServer(champion_project[0], env={"INCOMEOPS_PREDICT_API_KEY": key}).start()
-    try:
+    with ApiServer(champion_project[0], env={"INCOMEOPS_PREDICT_API_KEY": key}) as server:
         at = page("predict", server.url, monkeypatch, key=key)
         at.button[0].click().run()
         assert not at.exception and not at.error
@@ -73,7 +72,6 @@ def test_the_form_sends_the_prediction_key_and_explains_a_missing_or_wrong_one(c
             message = at.error[0].value
             assert words in message and "INCOMEOPS_PREDICT_API_KEY" in message and "restart the form" in message
             assert "probability" not in texts(at)
-    finally: server.stop()
 
 
 def test_batch_upload_validates_rows_scores_and_offers_the_results(api, monkeypatch, mirror):
