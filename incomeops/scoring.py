@@ -28,7 +28,7 @@ from .store import LogBatch
 
 # %% auto #0
 __all__ = ['LABELS', 'PROBLEMS_KEPT', 'RULES', 'standard_json', 'read_json', 'invalid_people', 'People', 'validated',
-           'validated_people', 'prediction_ids', 'Scored', 'score_people', 'score', 'score_body']
+           'prediction_ids', 'Scored', 'score_people', 'score', 'score_body']
 
 # %% ../nbs/15_scoring.ipynb #27786d1e
 class _DuplicateKey(ValueError):
@@ -215,11 +215,6 @@ def validated(data, copy: bool = True) -> People:
     if not data: raise _whole_body("the list is empty: send at least one person")
     if len(data) > MAX_BATCH: raise _whole_body(f"the list is too long: at most {MAX_BATCH:,} people per request")
     return _validated_batch(data, copy)
-
-def validated_people(data) -> tuple[list[dict], bool]:
-    "Each person's validated fields (education completed, `fnlwgt` kept) from a parsed JSON body; whether it was a batch."
-    people = validated(data)
-    return people.features, people.batch
 
 # %% ../nbs/15_scoring.ipynb #f45d17e9
 _ID = re.compile(".{32}", re.DOTALL)
