@@ -79,37 +79,57 @@ async def client_key(request: Request,
 
 
 # ----------------------------------------------------------------------------------------------- the body
+async def _off_the_loop_if_large(size: int, work, *args):
+    "`work(*args)`, in a worker thread when the body behind it is large (reading or validating 10,000 people takes milliseconds)."
+    return await asyncio.to_thread(work, *args) if size > IN_THREAD_BYTES else work(*args)
+
+
 @dataclass(frozen=True)
 class JsonBody:
     "A request's parsed JSON body (`data`, None if an optional body was empty) and its size in bytes."
     data: object
     size: int
 
-    @property
-    def large(self) -> bool: return self.size > IN_THREAD_BYTES
-
     async def apply(self, check, *args):
-        "`check(data, *args)`, in a worker thread when the body was large (validating 10,000 people takes milliseconds)."
-        return await asyncio.to_thread(check, self.data, *args) if self.large else check(self.data, *args)
+        "`check(data, *args)`, off the event loop when the body was large."
+        return await _off_the_loop_if_large(self.size, check, self.data, *args)
 
 
-async def _read_json(request: Request, optional: bool) -> JsonBody:
-    """The request's JSON body, parsed (by the library's `read_json`) off the event loop when large: 415 for another
-    content type, 400 when it is not JSON the parser takes. The body limit was enforced before (BodyLimitMiddleware); a
-    route declares this after its key check, so a body is read only once the key is right."""
+@dataclass(frozen=True)
+class JsonBytes:
+    "A request's JSON body as it came (a JSON content type, not empty), for a route whose library function reads it itself."
+    body: bytes
+
+    async def apply(self, work, *args):
+        "`work(body, *args)`, off the event loop when the body is large: one hop to read, validate and score a batch."
+        return await _off_the_loop_if_large(len(self.body), work, self.body, *args)
+
+
+async def _json_bytes(request: Request, optional: bool) -> bytes:
+    """The request's body if it may be JSON: 400 when empty (unless `optional`), 415 for another content type. The body limit
+    was enforced before (BodyLimitMiddleware); a route declares this after its key check, so a body is read only once the key is right."""
     body = await request.body()
     if not body:
-        if optional: return JsonBody(None, 0)
+        if optional: return body
         raise HTTPException(400, "the request body is empty: send JSON")
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if kind not in JSON_TYPES: raise HTTPException(415, "the request body must be JSON, sent with Content-Type: application/json")
-    try: data = read_json(body) if len(body) <= IN_THREAD_BYTES else await asyncio.to_thread(read_json, body)
+    return body
+
+
+async def _read_json(request: Request, optional: bool) -> JsonBody:
+    "The request's JSON body, parsed by the library's `read_json` (off the event loop when large): 400 when it is not JSON the parser takes."
+    body = await _json_bytes(request, optional)
+    if not body: return JsonBody(None, 0)
+    try: data = await _off_the_loop_if_large(len(body), read_json, body)
     except ValueError as e: raise HTTPException(400, str(e)) from None
     return JsonBody(data, len(body))
 
 
 async def json_body(request: Request) -> JsonBody: return await _read_json(request, optional=False)
 async def optional_json_body(request: Request) -> JsonBody: return await _read_json(request, optional=True)
+async def json_bytes(request: Request) -> JsonBytes: return JsonBytes(await _json_bytes(request, optional=False))
 
 JsonBodyDep = Annotated[JsonBody, Depends(json_body)]
 OptionalJsonBodyDep = Annotated[JsonBody, Depends(optional_json_body)]
+JsonBytesDep = Annotated[JsonBytes, Depends(json_bytes)]

@@ -16,7 +16,7 @@ times, with `time.perf_counter`, everything in the same run (the machine may be 
 - scoring the whole test file (16,281 rows) from a frame with each backend (sklearn = the baseline, onnx, compiled):
   rows per second, median of `--repeats` rounds in which each backend runs once (so that a change of load falls on all);
 - the scoring core on 10,000 people of the test file, step by step (median ms of each step), the way it is now
-  (`incomeops.scoring`: read_json, column validation, compiled trees, answers built by column, a `LogBatch`) and the
+  (`incomeops.scoring`: read_json then column validation, or both in one pass with msgspec; compiled trees, answers built by column, a `LogBatch`) and the
   way it was (the standard JSON parser, pydantic for each person, ONNX Runtime, answer dicts, log row dicts), all steps
   interleaved in the same way.
 """
@@ -52,6 +52,7 @@ from incomeops.scoring import (
     Scored,
     prediction_ids,
     read_json,
+    read_people,
     score_body,
     score_people,
     standard_json,
@@ -156,6 +157,7 @@ def core_steps(body: bytes, served: ServedModel, onnx: FastPredictor, repeats: i
         "answer body (Scored.body)": scored.body,
         "log data (Scored.log_batch)": scored.log_batch,
         "core, end to end: score + body + log_batch (no JSON)": lambda: _scored_outputs(score_people(validated(data, copy=False), served)),
+        "read and validate in one pass (scoring.read_people, msgspec)": lambda: read_people(body),
         "JSON + core: score_body + body + log_batch": lambda: _scored_outputs(score_body(body, served)),
     }
     before = {
@@ -239,12 +241,16 @@ def main() -> None:
         total_now = now["core, end to end: score + body + log_batch (no JSON)"]
         total_before = before["core, end to end (no JSON)"]
         json_now, json_before = now["read_json (body -> list of dicts)"], before["standard_json (stdlib, duplicate-key hook)"]
+        two_steps = json_now + now["validate by column (scoring.validated, the body's own dicts)"]
+        one_pass = now["read and validate in one pass (scoring.read_people, msgspec)"]
         whole = now["JSON + core: score_body + body + log_batch"]
         print(f"  core: {total_now:.1f} ms ({len(people) / total_now * 1e3:,.0f} rows/s) against {total_before:.1f} ms before: "
               f"{total_before / total_now:.1f}x; target <= {TARGETS['core 10k (ms)']} ms: {'met' if total_now <= TARGETS['core 10k (ms)'] else 'NOT met'}")
         print(f"  JSON: {json_now:.1f} ms against {json_before:.1f} ms: {json_before / json_now:.1f}x; "
               f"JSON + core: {whole:.1f} ms ({len(people) / whole * 1e3:,.0f} rows/s) against {json_before + total_before:.1f} ms: "
               f"{(json_before + total_before) / whole:.1f}x")
+        print(f"  reading and validating: {one_pass:.1f} ms in one pass against {two_steps:.1f} ms in two steps (read_json, then "
+              f"validated): {two_steps / one_pass:.1f}x")
 
 
 if __name__ == "__main__":
