@@ -9,11 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from incomeops.schema import MAX_BATCH, Person
 
 Label = Literal["<=50K", ">50K"]
+Moment = Annotated[datetime, PlainSerializer(datetime.isoformat, return_type=str, when_used="json"),   # "+00:00" as before, not "Z"
+                   WithJsonSchema({"type": "string", "format": "date-time"})]
 PredictionId = Annotated[str, Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$",
                                     description="The id `POST /predict` answered with: 32 hexadecimal digits")]
 
@@ -97,7 +99,7 @@ class ModelDescription(BaseModel):
     test_metrics: dict[str, float] = Field(description="Its metrics on the test set, by name (roc_auc, accuracy, ...)")
     backend: str = Field(description="What computes the probabilities (onnx, or sklearn when the conversion is not exact)")
     parity: Parity
-    loaded_at: datetime
+    loaded_at: Moment
     load_seconds: float
     input_schema: dict[str, InputSpec] = Field(description="Each input a form asks for, by field name")
 
@@ -124,9 +126,9 @@ class Job(BaseModel):
     kind: Literal["train", "monitor", "retrain"]
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     params: dict[str, Any] = Field(description="What it was started with")
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: Moment
+    started_at: Moment | None = None
+    finished_at: Moment | None = None
     seconds: float | None = Field(None, description="How long it ran")
     outcome: dict[str, Any] | None = Field(None, description="What it produced, by kind (a model version, a monitoring verdict)")
     error: str | None = Field(None, description="Why it failed or was cancelled")
@@ -152,13 +154,13 @@ class Alert(BaseModel):
     kind: str = Field(description="drift, performance, data_quality, retrain_failed, promotion, ...")
     message: str
     details: dict[str, Any]
-    created_at: datetime
+    created_at: Moment
 
 
 class Retraining(BaseModel):
     "One retraining job and what came of it."
     job_id: str
-    started: datetime
+    started: Moment
     status: str
     reason: str | None
     champion_version: str | None
@@ -169,7 +171,7 @@ class Retraining(BaseModel):
 
 
 class HourVolume(BaseModel):
-    hour: datetime
+    hour: Moment
     label: Label
     count: int
 
