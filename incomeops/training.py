@@ -224,7 +224,7 @@ class TrainingParams(BaseModel):
     cv_folds: int = Field(5, ge=2, le=10)
     seed: int = Field(42, ge=0, le=2**32 - 1)
     params_override: dict = Field(default_factory=dict, description="Fixed hyperparameters of model_family, within its ranges (skips tuning)")
-    register: bool = True
+    register_: bool = Field(True, alias="register")    # `register` is a BaseModel method: the field keeps the name by alias
     promote: bool = True
     production_data_version: str = Field("", pattern=r"^([0-9a-f]{12})?$", description="Labelled production rows to add (a version "
                                          "written by the monitoring's retraining; needs evidence='holdout')")
@@ -256,4 +256,4 @@ class TrainingParams(BaseModel):
 
     def as_notebook_parameters(self) -> dict:
         "These parameters as the notebook's parameters cell takes them (plain JSON values)."
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", by_alias=True)

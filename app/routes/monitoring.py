@@ -6,7 +6,7 @@ import asyncio
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse, Response
 
-from app.deps import ModelsDep, SettingsDep, StoreDep, client_key
+from app.deps import ModelsDep, PredictionLogDep, SettingsDep, StoreDep, client_key
 from app.errors import CLIENT_KEY, INVALID, NOT_FOUND, UNAVAILABLE
 from app.schemas import MonitoringSummary
 from incomeops.summary import summarise_predictions
@@ -16,8 +16,11 @@ router = APIRouter(tags=["monitoring"], dependencies=[Depends(client_key)], resp
 
 @router.get("/monitoring/summary", summary="Prediction volume, live performance, the last check (drift, alarms), alerts and retrainings",
             responses=UNAVAILABLE, response_model_exclude_unset=True)
-async def monitoring_summary(store: StoreDep, models: ModelsDep, settings: SettingsDep) -> MonitoringSummary:
-    return await asyncio.to_thread(summarise_predictions, store, models.current, settings)
+async def monitoring_summary(store: StoreDep, predictions: PredictionLogDep, models: ModelsDep, settings: SettingsDep) -> MonitoringSummary:
+    def summary():
+        predictions.sync(settings.log_ack_timeout_seconds)         # every prediction answered so far is counted (the drain lingers)
+        return summarise_predictions(store, models.current, settings)
+    return await asyncio.to_thread(summary)
 
 
 @router.get("/monitoring/report", summary="The latest drift report (HTML, Evidently)", response_class=Response,
