@@ -1,11 +1,13 @@
 # syntax=docker/dockerfile:1
-# The IncomeOps image: the prediction API by default; by command the Streamlit form, a training job or the
-# monitoring check (deploy/entrypoint.sh lists them). compose.yaml runs the whole stack from this one image.
+# The IncomeOps image: the prediction API by default; by command the Streamlit form, a training job, the
+# monitoring check, a Celery worker or Celery beat (deploy/entrypoint.sh lists them). compose.yaml runs the whole
+# stack from this one image.
 #
 #   docker build -t incomeops .
 #   docker run --rm -p 8000:8000 incomeops                    # the API; serves the registry's @champion
 #   docker run --rm -p 8501:8501 -e INCOMEOPS_API_URL=http://api:8000 incomeops ui
 #   docker run --rm incomeops train --trials 20               # fetch + verify the data, then the training notebook
+#   docker run --rm -e INCOMEOPS_BROKER_URL=redis://redis:6379/0 incomeops worker   # runs the jobs the API enqueues
 #
 # tests/test_delivery.py runs this file's install step (the `uv sync` line below) and start step (the entrypoint)
 # outside Docker, and hadolint checks it in `make lint`.

@@ -16,7 +16,7 @@ from app.limits import JSON_TYPES
 from app.observability import Metrics
 from app.services import Services
 from incomeops.config import Settings
-from incomeops.jobs import JobRunner
+from incomeops.jobs import Jobs
 from incomeops.loader import ModelHolder, ServedModel
 from incomeops.scoring import read_json
 from incomeops.store import PredictionLog, Store
@@ -33,7 +33,7 @@ async def get_settings(request: Request) -> Settings: return _services(request).
 async def get_store(request: Request) -> Store: return _services(request).store
 async def get_prediction_log(request: Request) -> PredictionLog: return _services(request).predictions
 async def get_models(request: Request) -> ModelHolder: return _services(request).models
-async def get_jobs(request: Request) -> JobRunner: return _services(request).jobs
+async def get_jobs(request: Request) -> Jobs: return _services(request).jobs
 async def get_metrics(request: Request) -> Metrics: return _services(request).metrics
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -41,7 +41,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 PredictionLogDep = Annotated[PredictionLog, Depends(get_prediction_log)]
 ModelsDep = Annotated[ModelHolder, Depends(get_models)]
-JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+JobsDep = Annotated[Jobs, Depends(get_jobs)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 

@@ -16,7 +16,7 @@ from app.observability import Metrics, ObservabilityMiddleware, configure_loggin
 from app.openapi import openapi_document
 from app.routes import ROUTERS
 from app.schemas import Feedback
-from app.services import Services, load_until_served, monitor_schedule
+from app.services import Services, follow_champion, load_until_served, monitor_schedule
 from incomeops import __version__
 from incomeops.config import Settings, get_settings
 from incomeops.schema import Person
@@ -37,8 +37,10 @@ async def own_services(settings: Settings, metrics: Metrics):
     configure_logging()
     services = Services.start(settings, metrics)
     tasks = [asyncio.create_task(load_until_served(services))]          # /health answers meanwhile; /ready says why not yet
-    if settings.monitor_interval_minutes > 0: tasks.append(asyncio.create_task(monitor_schedule(services)))
-    log.info("IncomeOps API %s: database %s, registry %s", __version__, services.store.url, settings.mlflow_tracking_uri)
+    if settings.broker_url: tasks.append(asyncio.create_task(follow_champion(services)))    # workers promote: follow the alias
+    elif settings.monitor_interval_minutes > 0: tasks.append(asyncio.create_task(monitor_schedule(services)))   # (else: beat's)
+    log.info("IncomeOps API %s: database %s, registry %s, jobs %s", __version__, services.store.url, settings.mlflow_tracking_uri,
+             "on Celery workers (this process only enqueues)" if settings.broker_url else "in this process")
     try: yield services
     finally:
         for task in tasks: task.cancel()

@@ -1,7 +1,9 @@
 """The parts of a running service in one container, and the background work that keeps a model served.
 
 `create_app` builds them from settings at start-up (`Services.start`), or is given them ready-made (tests: a tiny model in
-a `ModelHolder`, a temporary database, a `JobRunner` whose work is a small function).
+a `ModelHolder`, a temporary database, a `JobRunner` whose work is a small function). Jobs run in threads of this process
+(`JobRunner`), or, when a broker is configured, on Celery workers (`incomeops.queue.QueueRunner`): then this process only
+enqueues them, and follows the registry's champion by polling it, since promotions happen elsewhere.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 from app.observability import Metrics
 from incomeops.config import IncomeOpsError, Settings
-from incomeops.jobs import JobConflict, JobRunner
+from incomeops.jobs import JobConflict, JobRunner, Jobs, reap_jobs
 from incomeops.loader import ModelHolder
 from incomeops.store import PredictionLog, Store
 
@@ -25,7 +27,7 @@ class Services:
     store: Store                 # the service database: feedback, jobs, alerts, aggregates
     predictions: PredictionLog   # each answered prediction is journaled before it is acknowledged, then drained into the store
     models: ModelHolder          # the champion being served (`current`), swapped by `reload`
-    jobs: JobRunner              # training, monitoring and retraining in the background
+    jobs: Jobs                   # training, monitoring and retraining: in threads here, or on Celery workers
     metrics: Metrics
 
     def __post_init__(self):
@@ -34,15 +36,16 @@ class Services:
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics | None = None) -> Services:
-        "The service's parts from `settings`: the database opened (jobs a previous stop interrupted marked failed), the log started."
+        "The service's parts from `settings`: the database opened (jobs whose runner is gone marked failed), the log started."
         store = Store.from_settings(settings)
-        interrupted = store.fail_interrupted_jobs()
-        if interrupted: log.warning("%d job(s) were interrupted by the last stop and are marked failed", interrupted)
+        reap_jobs(store, settings)         # only jobs whose lease ran out: other replicas' and workers' running jobs are theirs
         predictions = PredictionLog.from_settings(store, settings).start()      # replays what a stopped process left in its journal
-        return cls(settings, store, predictions, ModelHolder(settings), JobRunner(store, settings), metrics or Metrics())
+        return cls(settings, store, predictions, ModelHolder(settings), job_runner(store, settings), metrics or Metrics())
 
     def close(self) -> None:
-        "Write every queued prediction, then close the database."
+        "Stop the jobs running in this process (recorded as interrupted), write every queued prediction, then close the database."
+        try: self.jobs.close()
+        except Exception: log.exception("the jobs of this process could not be stopped cleanly")
         try: self.predictions.close()
         finally: self.store.close()
 
@@ -59,6 +62,13 @@ class Services:
         return changed
 
 
+def job_runner(store: Store, settings: Settings) -> Jobs:
+    "Where jobs run: on Celery workers when a broker is configured (this process only enqueues), else in threads of this process."
+    if settings.broker_url is None: return JobRunner(store, settings)
+    from incomeops.queue import QueueRunner  # Celery is imported only where a broker is used
+    return QueueRunner(store, settings)
+
+
 async def load_until_served(services: Services, first_wait: float = 2, longest_wait: float = 60) -> None:
     "Load the champion at start-up, and keep trying (waits doubling up to `longest_wait` s) until one serves."
     wait = first_wait
@@ -69,6 +79,14 @@ async def load_until_served(services: Services, first_wait: float = 2, longest_w
         wait = min(wait * 2, longest_wait)
 
 
+async def follow_champion(services: Services) -> None:
+    """With a broker: every `model_poll_seconds`, serve the registry's champion if a worker promoted a new one, so every
+    replica serves it within that time. Asking costs one registry read when nothing changed; errors keep the old model."""
+    while True:
+        await asyncio.sleep(services.settings.model_poll_seconds)
+        await asyncio.to_thread(services.reload_model)
+
+
 async def monitor_schedule(services: Services) -> None:
     """Every `monitor_interval_minutes`: serve the registry's champion if another process promoted one (replicas behind one
     registry converge this way), then start a monitoring job (skipped while one runs). No error ends the schedule."""
@@ -77,6 +95,7 @@ async def monitor_schedule(services: Services) -> None:
         await asyncio.sleep(interval)
         try:
             await asyncio.to_thread(services.reload_model)
+            await asyncio.to_thread(services.predictions.sync, services.settings.log_ack_timeout_seconds)   # every answer counted
             services.jobs.monitor(services.models)
         except JobConflict: log.info("scheduled monitoring skipped: one is already running")
         except Exception: log.exception("scheduled monitoring could not start; trying again in %g minutes", interval / 60)

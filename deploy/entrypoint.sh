@@ -7,6 +7,8 @@
 #   train      fetch and verify the data, then the training notebook; arguments go to `incomeops train`
 #   bootstrap  `train`, but only if the registry has no champion yet (compose's one-shot trainer)
 #   monitor    the monitoring check; arguments go to `incomeops monitor`
+#   worker     a Celery worker that runs jobs, one at a time (needs INCOMEOPS_BROKER_URL); arguments go to Celery
+#   beat       Celery beat, one per deployment: the scheduled monitoring check and the reaper of dead jobs
 #   anything else runs as a command in the environment (`mlflow server ...`, `incomeops --help`, `sh`)
 #
 # Settings are the usual INCOMEOPS_* variables (see nbs/00_config.ipynb). The servers replace this shell
@@ -37,6 +39,10 @@ case "$role" in
         train "$@" ;;
     monitor)
         exec incomeops monitor "$@" ;;
+    worker)
+        exec incomeops worker "$@" ;;
+    beat)
+        exec incomeops beat "$@" ;;
     *)
         exec "$role" "$@" ;;
 esac

@@ -86,7 +86,9 @@ class Settings(BaseSettings):
     log_journal_fsync: bool = Field(True, description="Flush the prediction log's journal to disk before acknowledging; false: it survives the process being killed, not a power cut (as SQLite's synchronous=NORMAL)")
     job_timeout_minutes: float = Field(120, gt=0, description="Wall-clock limit of one job; its notebook's processes are killed then")
     job_lease_seconds: float = Field(30, ge=5, description="A running job whose runner has not renewed its lease for this long is dead")
-    monitor_interval_minutes: float = Field(0, ge=0, description="Run the monitoring check this often inside the service (0: never)")
+    monitor_interval_minutes: float = Field(0, ge=0, description="Run the monitoring check this often (0: never): in the service, or on Celery beat when a broker is set")
+    broker_url: SecretStr | None = Field(None, description="Celery broker, e.g. redis://redis:6379/0: jobs run on Celery workers and the API only enqueues them; unset: in threads of the API")
+    model_poll_seconds: float = Field(10, gt=0, description="With a broker: how often each API replica asks the registry for the champion, so every replica serves a new one within this time")
     # monitoring and retraining: the defaults are justified in 16_monitoring
     drift_window_rows: int = Field(2000, ge=100, description="Monitoring: the newest predictions compared with the training data")
     drift_min_rows: int = Field(500, ge=50, description="Monitoring: fewer predictions than this: no drift verdict")
@@ -103,7 +105,7 @@ class Settings(BaseSettings):
     retrain_recent_share: float = Field(0.2, ge=0, lt=1, description="Retraining: newest share of labelled rows kept out of training to compare the models on")
     gate_holdout_share: float = Field(0.5, gt=0, lt=1, description="Share of adult.test frozen as the gate's holdout; the rest is the replay stream")
 
-    @field_validator("data_mirror", "log_journal_dir", "api_key", "predict_api_key", mode="before")
+    @field_validator("data_mirror", "log_journal_dir", "api_key", "predict_api_key", "broker_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, v): return None if v == "" else v      # an empty key is no key (it must not open the door)
 

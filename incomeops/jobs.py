@@ -13,21 +13,25 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .config import Conflict, IncomeOpsError, NotFound, Settings, get_settings
 from .features import UnsafeQueryError
 from .monitoring import Verdict
 from .notebooks import JobControl, JobStopped, run_training
 from .retraining import record_alarms, retrain_champion, retraining_hold, run_monitoring
-from .store import ACTIVE_STATUSES, Store, Timestamp, jobs_table
+from .store import ACTIVE_STATUSES, INTERRUPTED, Store, StoreError, Timestamp, jobs_table
 from .training import TrainingParams, UnknownProductionData, production_rows_path
 
 # %% auto #0
-__all__ = ['log', 'leases_table', 'JobConflict', 'JobNotFound', 'renew_lease', 'why_not_live', 'ensure_job_live', 'watch_job',
-           'finish_job', 'JobRunner']
+__all__ = ['log', 'leases_table', 'MODEL_KINDS', 'SLOT_INDEX', 'SUPERSEDED', 'STATUS_POLL_SECONDS', 'LOST', 'NOT_TAKEN', 'Work',
+           'KEPT_FROM_TRAINING', 'JobConflict', 'JobNotFound', 'renew_lease', 'why_not_live', 'ensure_job_live',
+           'watch_job', 'finish_job', 'slot_of', 'active_in_slot', 'claim_job', 'start_job', 'keep_alive', 'record_end',
+           'run_job', 'reap_jobs', 'training_work', 'monitoring_work', 'retraining_work', 'recorded_work', 'Jobs',
+           'JobRunner']
 
 # %% ../nbs/19_jobs.ipynb #c14852cb
 log = logging.getLogger(__name__)
@@ -105,94 +109,236 @@ def finish_job(store: Store, job_id: str, **fields) -> bool:
     q = jobs_table.update().where(jobs_table.c.id == job_id, jobs_table.c.status.in_(ACTIVE_STATUSES)).values(**fields)
     with store.engine.begin() as conn: return bool(conn.execute(q).rowcount)
 
-# %% ../nbs/19_jobs.ipynb #62281472
-class JobRunner:
-    "Starts jobs in background threads and records them in `store`; at most one job of each kind at a time."
-    def __init__(self, store, settings: Settings | None = None, on_promotion: Callable[[], object] | None = None):
-        self.store, self.settings, self.on_promotion = store, settings or get_settings(), on_promotion
-        self._starting = threading.Lock()
-        self._threads: dict[str, threading.Thread] = {}
-        self._controls: dict[str, JobControl] = {}
+# %% ../nbs/19_jobs.ipynb #d0fd34e9
+MODEL_KINDS = ("train", "retrain")         # kinds that share one slot: each ends by moving @champion
+SLOT_INDEX = "ux_incomeops_jobs_one_active_per_slot"
+_SLOT = f"CASE WHEN kind IN ({', '.join(repr(k) for k in MODEL_KINDS)}) THEN 'model' ELSE kind END"
+_SLOT_DDL = (f"CREATE UNIQUE INDEX IF NOT EXISTS {SLOT_INDEX} ON {jobs_table.name} (({_SLOT})) "
+             f"WHERE status IN ({', '.join(repr(s) for s in ACTIVE_STATUSES)})")
+SUPERSEDED = "failed when one job per kind became a database rule: job {newer} of the same kind was active too"
 
-    def submit(self, kind: str, params: dict, work: Callable[[JobControl, str], dict]) -> dict:
-        "Record a job of `kind` and run `work(control, job_id)` (returning the outcome) in a thread; `JobConflict` if one is active."
-        with self._starting:
-            if active := self.store.running_job(kind):
-                raise JobConflict(f"a {kind} job is already {active['status']} (job {active['id']}); try again when it has finished")
-            job = self.store.create_job(kind, params)
-            control = self._controls[job["id"]] = JobControl(self.settings.job_timeout_minutes)
-            thread = threading.Thread(target=self._run, args=(job["id"], work, control), name=f"job-{job['id']}", daemon=True)
-            self._threads[job["id"]] = thread
-            thread.start()
+def slot_of(kind: str) -> str:
+    "The slot a job of `kind` holds while queued or running: `model` for training and retraining, else its kind."
+    return "model" if kind in MODEL_KINDS else kind
+
+def active_in_slot(store: Store, kind: str) -> dict | None:
+    "The queued or running job that holds the slot of `kind`, or None."
+    return next((job for k in (MODEL_KINDS if kind in MODEL_KINDS else (kind,)) if (job := store.running_job(k))), None)
+
+def _settle_duplicates(store: Store) -> int:
+    "Fail all but the newest active job of each slot (left by the race the index closes); how many."
+    q = sa.select(jobs_table.c.id, jobs_table.c.kind).where(jobs_table.c.status.in_(ACTIVE_STATUSES)).order_by(jobs_table.c.created_at.desc())
+    with store.engine.connect() as conn: rows = conn.execute(q).all()
+    newest, failed = {}, 0
+    for job_id, kind in rows:
+        if (newer := newest.setdefault(slot_of(kind), job_id)) != job_id:
+            failed += finish_job(store, job_id, status="failed", finished_at=datetime.now(UTC), error=SUPERSEDED.format(newer=newer))
+    return failed
+
+_has_slots: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
+
+def _slots(store: Store) -> None:
+    "Create the one-active-job-per-slot index in `store`'s database on first use (IF NOT EXISTS; duplicates failed first)."
+    if store.engine in _has_slots: return
+    for attempt in (1, 2, 3):
+        try:
+            with store.engine.begin() as conn: conn.exec_driver_sql(_SLOT_DDL)
+            break
+        except DBAPIError as e:        # duplicates, or PostgreSQL's race of two processes creating one index
+            if attempt == 3: raise StoreError(f"cannot create the index that allows one job per kind: {type(e.orig).__name__}") from e
+            if isinstance(e, IntegrityError): _settle_duplicates(store)
+    _has_slots.add(store.engine)
+
+def _conflict(kind: str, active: dict) -> JobConflict:
+    "The 409 for a job of `kind` refused because `active` holds its slot."
+    why = "" if active["kind"] == kind else ": training and retraining both move @champion, so one runs at a time"
+    return JobConflict(f"a {active['kind']} job is already {active['status']} (job {active['id']}){why}; try again when it has finished")
+
+def claim_job(store: Store, kind: str, params: dict) -> dict:
+    "Record a queued job of `kind`; `JobConflict` naming the job that holds its slot (the database decides between simultaneous claims)."
+    _slots(store)
+    try: return store.create_job(kind, params)
+    except StoreError as e:
+        if not isinstance(e.__cause__, IntegrityError): raise
+    if active := active_in_slot(store, kind): raise _conflict(kind, active)
+    raise JobConflict(f"another {kind} job was started at the same moment and has already ended; try again")
+
+# %% ../nbs/19_jobs.ipynb #c3c1d2fb
+STATUS_POLL_SECONDS = 1.0       # how often a runner reads its job's status (a cancellation elsewhere stops the work this fast)
+LOST = ("its runner stopped renewing the job's lease for over {lease:g} s: the process that ran it died or lost the database; "
+        "nothing this run trained can be registered or promoted now")
+NOT_TAKEN = "no runner took the job within {minutes:g} minutes (job_timeout_minutes): are the workers running?"
+
+Work = Callable[[JobControl, str], dict]        # work(control, job_id) -> the job's outcome
+
+def start_job(store: Store, job_id: str) -> bool:
+    "Mark queued job `job_id` running, its lease taken first; False if it is no longer queued (cancelled, failed, or taken)."
+    renew_lease(store, job_id)
+    q = (jobs_table.update().where(jobs_table.c.id == job_id, jobs_table.c.status == "queued")
+         .values(status="running", started_at=datetime.now(UTC)))
+    with store.engine.begin() as conn: return bool(conn.execute(q).rowcount)
+
+def keep_alive(store: Store, job_id: str, control: JobControl, lease_seconds: float, done: threading.Event) -> None:
+    "Until `done`: renew the lease every third of `lease_seconds`; stop the work (`control.cancelled`) once the job ended elsewhere."
+    renewed = time.monotonic()
+    while not done.wait(STATUS_POLL_SECONDS):
+        try:
+            if time.monotonic() - renewed >= lease_seconds / 3:
+                renew_lease(store, job_id)
+                renewed = time.monotonic()
+            if (job := store.get_job(job_id)) is None or job["status"] != "running":
+                log.info("job %s was ended elsewhere (%s): stopping its work", job_id, job and job["status"])
+                control.cancelled.set()
+                return
+        except Exception as e: log.warning("job %s: could not renew its lease or read its status: %s", job_id, e)
+
+def _error_of(e: Exception) -> str:
+    return str(e) if isinstance(e, IncomeOpsError) else f"{type(e).__name__}: {e}"
+
+def record_end(store: Store, job_id: str, status: str, outcome: dict | None, error: str | None) -> None:
+    "Record job `job_id`'s end (if it is still active); an outcome the database refuses (not JSON) fails the job instead."
+    try: finish_job(store, job_id, status=status, finished_at=datetime.now(UTC), outcome=outcome, error=error)
+    except Exception as e:
+        log.exception("job %s: recording its end failed", job_id)
+        finish_job(store, job_id, status="failed", finished_at=datetime.now(UTC), error=f"recording the outcome failed: {type(e).__name__}")
+
+def run_job(store: Store, job_id: str, work: Work, settings: Settings, control: JobControl | None = None) -> dict | None:
+    "Run queued job `job_id`'s `work` here with a lease, recording its start and end; the job's record, or None if it was no longer queued."
+    control = control or JobControl(settings.job_timeout_minutes)
+    if not start_job(store, job_id):
+        log.info("job %s is no longer queued: skipped", job_id)
+        return None
+    done = threading.Event()
+    threading.Thread(target=keep_alive, args=(store, job_id, control, settings.job_lease_seconds, done), name=f"lease-{job_id}", daemon=True).start()
+    try: outcome, error = work(control, job_id), None
+    except Exception as e:
+        outcome, error = None, _error_of(e)
+        if not isinstance(e, IncomeOpsError): log.exception("job %s crashed", job_id)
+    finally: done.set()
+    record_end(store, job_id, "cancelled" if control.cancelled.is_set() else "failed" if error else "succeeded", outcome, error)
+    return store.get_job(job_id)
+
+def reap_jobs(store: Store, settings: Settings) -> int:
+    "Fail the running jobs whose lease ran out and the queued ones no runner took within `job_timeout_minutes`; how many."
+    leases, now, t = _leases(store), datetime.now(UTC), jobs_table
+    cutoff = now - timedelta(seconds=settings.job_lease_seconds)
+    alive = sa.select(leases.c.job_id).where(leases.c.renewed_at >= cutoff)
+    lost = (t.update().where(t.c.status == "running", t.c.id.not_in(alive), sa.or_(t.c.started_at.is_(None), t.c.started_at < cutoff))
+            .values(status="failed", finished_at=now, error=LOST.format(lease=settings.job_lease_seconds)))
+    stale = (t.update().where(t.c.status == "queued", t.c.created_at < now - timedelta(minutes=settings.job_timeout_minutes))
+             .values(status="failed", finished_at=now, error=NOT_TAKEN.format(minutes=settings.job_timeout_minutes)))
+    with store.engine.begin() as conn: reaped = conn.execute(lost).rowcount + conn.execute(stale).rowcount
+    if reaped: log.warning("%d job(s) whose runner is gone marked failed", reaped)
+    return reaped
+
+# %% ../nbs/19_jobs.ipynb #fcc04f14
+KEPT_FROM_TRAINING = ("run_id", "model_version", "decision", "dataset_version", "family", "threshold", "test", "notebook", "notebook_html")
+
+def training_work(jobs: Jobs, params: TrainingParams) -> Work:
+    "Run the training notebook with `params`; after a promotion, `jobs.promoted()` (the service's reload)."
+    def work(control: JobControl, job_id: str) -> dict:
+        summary = run_training(params, jobs.settings, control=control, job_id=job_id)
+        promoted = summary.get("decision") == "promoted"
+        if promoted: jobs.promoted()
+        return {**{k: summary.get(k) for k in KEPT_FROM_TRAINING}, "promoted": promoted}
+    return work
+
+def _served(champion: Callable[[], object], what: str):
+    if (served := champion()) is None: raise IncomeOpsError(f"no champion is being served, so there is nothing to {what}")
+    return served
+
+def monitoring_work(jobs: Jobs, champion: Callable[[], object]) -> Work:
+    "Check the served champion: alerts for its alarms, and a retraining (another job) if they ask for one."
+    def work(control: JobControl, job_id: str) -> dict:
+        served = _served(champion, "monitor")
+        verdict, report = run_monitoring(jobs.store, served, jobs.settings)
+        alerts = record_alarms(jobs.store, verdict, served.version, jobs.settings.retrain_cooldown_minutes)
+        return {**verdict.as_dict(), "report": str(report) if report else None, "alerts": [a["id"] for a in alerts],
+                "retraining": jobs.maybe_retrain(verdict, served)}
+    return work
+
+def retraining_work(jobs: Jobs, champion: Callable[[], object]) -> Work:
+    "Retrain the champion's configuration on the training data plus the labelled production rows; a failure raises an alert."
+    def work(control: JobControl, job_id: str) -> dict:
+        served = _served(champion, "retrain")
+        try: return retrain_champion(jobs.store, served, jobs.settings, jobs.promoted, control=control, job_id=job_id)
+        except Exception as e:
+            kind = "unsafe_config" if isinstance(e, UnsafeQueryError) else "retrain_failed"
+            jobs.store.add_alert(kind, f"retraining failed and version {served.version} keeps serving: {_error_of(e)}",
+                                 {"model_version": served.version})
+            raise
+    return work
+
+def recorded_work(jobs: Jobs, job: dict, champion: Callable[[], object]) -> Work:
+    "The work of recorded `job`, rebuilt from its kind and parameters (what a worker receives)."
+    def work(control: JobControl, job_id: str) -> dict:
+        if job["kind"] == "train": inner = training_work(jobs, TrainingParams.model_validate(job["params"]))
+        elif job["kind"] == "monitor": inner = monitoring_work(jobs, champion)
+        elif job["kind"] == "retrain": inner = retraining_work(jobs, champion)
+        else: raise IncomeOpsError(f"runners know train, monitor and retrain jobs, not {job['kind']!r}")
+        return inner(control, job_id)
+    return work
+
+# %% ../nbs/19_jobs.ipynb #62281472
+class Jobs:
+    "A service's jobs, recorded in `store`: one queued or running per slot, listed, cancelled; subclasses decide where the work runs."
+    def __init__(self, store: Store, settings: Settings | None = None, on_promotion: Callable[[], object] | None = None):
+        self.store, self.settings, self.on_promotion = store, settings or get_settings(), on_promotion
+
+    def submit(self, kind: str, params: dict, work: Work) -> dict:
+        "Record a job of `kind` and have `work` run; the job as recorded (queued). `JobConflict` if its slot is taken."
+        raise NotImplementedError
+
+    def claim(self, kind: str, params: dict) -> dict:
+        "Record a queued job of `kind`, after failing the jobs whose runner is gone (so that their slot is free)."
+        reap_jobs(self.store, self.settings)
+        return claim_job(self.store, kind, params)
+
+    def list_jobs(self, limit: int = 50, kind: str | None = None) -> list[dict]:
+        "The newest `limit` jobs (of `kind`), newest first; a dead runner's job among them is marked failed first."
+        jobs = self.store.list_jobs(limit=limit, kind=kind)
+        if any(j["status"] in ACTIVE_STATUSES for j in jobs) and reap_jobs(self.store, self.settings):
+            jobs = self.store.list_jobs(limit=limit, kind=kind)
+        return jobs
+
+    def get_job(self, job_id: str) -> dict | None:
+        "Job `job_id` (None if unknown), marked failed first if it is active and its runner is gone."
+        job = self.store.get_job(job_id)
+        if job and job["status"] in ACTIVE_STATUSES and reap_jobs(self.store, self.settings): job = self.store.get_job(job_id)
         return job
 
-    def _keep_lease(self, job_id: str, done: threading.Event) -> None:
-        "Renew job `job_id`'s lease every third of `job_lease_seconds` until `done`."
-        while True:
-            try: renew_lease(self.store, job_id)
-            except Exception as e: log.warning("job %s: could not renew its lease: %s", job_id, e)
-            if done.wait(self.settings.job_lease_seconds / 3): return
-
-    def _run(self, job_id: str, work: Callable[[JobControl, str], dict], control: JobControl) -> None:
-        "Run `work`, recording start, end, outcome or error; a job cancelled meanwhile keeps its cancellation."
-        done = threading.Event()
-        try:
-            renew_lease(self.store, job_id)
-            self.store.update_job(job_id, status="running", started_at=datetime.now(UTC))
-            threading.Thread(target=self._keep_lease, args=(job_id, done), name=f"lease-{job_id}", daemon=True).start()
-            outcome, error = work(control, job_id), None
-        except Exception as e:
-            outcome, error = None, str(e) if isinstance(e, IncomeOpsError) else f"{type(e).__name__}: {e}"
-            if not isinstance(e, IncomeOpsError): log.exception("job %s crashed", job_id)
-        finally: done.set()
-        status = "cancelled" if control.cancelled.is_set() else "failed" if error else "succeeded"
-        try: finish_job(self.store, job_id, status=status, finished_at=datetime.now(UTC), outcome=outcome, error=error)
-        except Exception as e:       # e.g. an outcome that is not JSON: the job still ends, as failed
-            log.exception("job %s: recording its end failed", job_id)
-            finish_job(self.store, job_id, status="failed", finished_at=datetime.now(UTC), error=f"recording the outcome failed: {type(e).__name__}")
-        self._controls.pop(job_id, None)
-
-    def wait(self, job_id: str, timeout: float | None = None) -> dict:
-        "The job's record once its thread has ended (or `timeout` passed)."
-        if thread := self._threads.get(job_id): thread.join(timeout)
-        return self.store.get_job(job_id)
-
     def cancel(self, job_id: str, timeout: float = 30) -> dict:
-        "Cancel a queued or running job: recorded at once, its notebook killed (here, or by its own watchdog elsewhere); the job."
-        job = self.store.get_job(job_id)
-        if job is None: raise JobNotFound(f"no job has id {job_id}")
+        "Cancel a queued or running job: recorded at once; its runner, wherever it is, sees it and kills the notebook; the job."
+        if self.store.get_job(job_id) is None: raise JobNotFound(f"no job has id {job_id}")
         if not finish_job(self.store, job_id, status="cancelled", finished_at=datetime.now(UTC), error="cancelled on request"):
             raise JobConflict(f"job {job_id} has already ended ({self.store.get_job(job_id)['status']}); only queued or running jobs can be cancelled")
-        if control := self._controls.get(job_id):
-            control.cancelled.set()
-            self.wait(job_id, timeout)
+        self.stop_here(job_id, timeout)
         return self.store.get_job(job_id)
+
+    def stop_here(self, job_id: str, timeout: float) -> None:
+        "Stop the work of cancelled job `job_id` if it runs in this process, and wait up to `timeout` s (elsewhere: its runner polls)."
+
+    def close(self) -> None:
+        "Stop what runs in this process, recording it as interrupted (the service is stopping)."
+
+    def promoted(self) -> None:
+        "A job's run promoted a new champion: `on_promotion`, if set."
+        if self.on_promotion: self.on_promotion()
+
+    def check_training(self, params: TrainingParams) -> None:
+        "Refuse, before recording anything, a training whose production rows are not in this project (UnknownProductionData, 422)."
+        if params.production_data_version and not production_rows_path(params.production_data_version, self.settings).is_file():
+            raise UnknownProductionData(f"there are no production rows of version {params.production_data_version} in this project")
 
     def train(self, params: TrainingParams | None = None) -> dict:
         "Start the training notebook; after a promotion, call `on_promotion`."
         params = params or TrainingParams()
-        if params.production_data_version and not production_rows_path(params.production_data_version, self.settings).is_file():
-            raise UnknownProductionData(f"there are no production rows of version {params.production_data_version} in this project")
-        if active := self.store.running_job("retrain"):
-            raise JobConflict(f"a retraining job is {active['status']} (job {active['id']}); try again when it has finished")
-        def work(control: JobControl, job_id: str) -> dict:
-            summary = run_training(params, self.settings, control=control, job_id=job_id)
-            promoted = summary.get("decision") == "promoted"
-            if promoted and self.on_promotion: self.on_promotion()
-            keep = ("run_id", "model_version", "decision", "dataset_version", "family", "threshold", "test", "notebook", "notebook_html")
-            return {**{k: summary.get(k) for k in keep}, "promoted": promoted}
-        return self.submit("train", params.as_notebook_parameters(), work)
+        self.check_training(params)
+        return self.submit("train", params.as_notebook_parameters(), training_work(self, params))
 
     def monitor(self, holder=None) -> dict:
-        "Start a monitoring check of the served champion: alerts for its alarms, and a retraining if they ask for one."
-        def work(control: JobControl, job_id: str) -> dict:
-            served = holder.current if holder else None
-            if served is None: raise IncomeOpsError("no champion is being served, so there is nothing to monitor")
-            verdict, report = run_monitoring(self.store, served, self.settings)
-            alerts = record_alarms(self.store, verdict, served.version, self.settings.retrain_cooldown_minutes)
-            return {**verdict.as_dict(), "report": str(report) if report else None, "alerts": [a["id"] for a in alerts],
-                    "retraining": self.maybe_retrain(verdict, served)}
-        return self.submit("monitor", {}, work)
+        "Start a monitoring check of the champion `holder` serves: alerts for its alarms, and a retraining if they ask for one."
+        return self.submit("monitor", {}, monitoring_work(self, lambda: holder.current if holder else None))
 
     def maybe_retrain(self, verdict: Verdict, served) -> dict | None:
         "Start a retraining if `verdict` asks for one and no rule holds it back; what happened (None: not asked)."
@@ -205,14 +351,43 @@ class JobRunner:
 
     def retrain(self, served, reason: str = "asked for") -> dict:
         "Start retraining `served`'s configuration on the training data plus the labelled production rows; a failure raises an alert."
-        def work(control: JobControl, job_id: str) -> dict:
-            try: return retrain_champion(self.store, served, self.settings, self.on_promotion, control=control, job_id=job_id)
-            except Exception as e:
-                detail = str(e) if isinstance(e, IncomeOpsError) else f"{type(e).__name__}: {e}"
-                kind = "unsafe_config" if isinstance(e, UnsafeQueryError) else "retrain_failed"
-                self.store.add_alert(kind, f"retraining failed and version {served.version} keeps serving: {detail}",
-                                     {"model_version": served.version})
-                raise
-        if active := self.store.running_job("train"):
-            raise JobConflict(f"a training job is {active['status']} (job {active['id']}); try again when it has finished")
-        return self.submit("retrain", {"reason": reason, "champion_version": served.version}, work)
+        return self.submit("retrain", {"reason": reason, "champion_version": served.version}, retraining_work(self, lambda: served))
+
+
+class JobRunner(Jobs):
+    "Runs each job in a background thread of this process: the embedded default, which needs no broker."
+    def __init__(self, store: Store, settings: Settings | None = None, on_promotion: Callable[[], object] | None = None):
+        super().__init__(store, settings, on_promotion)
+        self._threads: dict[str, threading.Thread] = {}
+        self._controls: dict[str, JobControl] = {}
+
+    def submit(self, kind: str, params: dict, work: Work) -> dict:
+        "Record a job of `kind` and run `work(control, job_id)` (returning the outcome) in a thread; `JobConflict` if its slot is taken."
+        job = self.claim(kind, params)
+        control = self._controls[job["id"]] = JobControl(self.settings.job_timeout_minutes)
+        thread = self._threads[job["id"]] = threading.Thread(target=self._run, args=(job["id"], work, control), name=f"job-{job['id']}", daemon=True)
+        thread.start()
+        return job
+
+    def _run(self, job_id: str, work: Work, control: JobControl) -> None:
+        try: run_job(self.store, job_id, work, self.settings, control)
+        except Exception: log.exception("job %s: its record could not be kept (is the database reachable?)", job_id)
+        finally: self._controls.pop(job_id, None)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict:
+        "The job's record once its thread has ended (or `timeout` passed)."
+        if thread := self._threads.get(job_id): thread.join(timeout)
+        return self.store.get_job(job_id)
+
+    def stop_here(self, job_id: str, timeout: float) -> None:
+        if control := self._controls.get(job_id):
+            control.cancelled.set()
+            self.wait(job_id, timeout)
+
+    def close(self, timeout: float = 30) -> None:
+        "Fail this process's running jobs as interrupted and kill their notebooks (other processes' jobs are theirs)."
+        running = list(self._controls.items())
+        for job_id, control in running:
+            finish_job(self.store, job_id, status="failed", finished_at=datetime.now(UTC), error=INTERRUPTED)
+            control.cancelled.set()
+        for job_id, _ in running: self.wait(job_id, timeout)

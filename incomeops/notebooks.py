@@ -70,7 +70,7 @@ CHILD_ENV_NAMES = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
                    "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE",
                    "OPENBLAS_L2_SIZE", "YDATA_PROFILING_NO_ANALYTICS", "DO_NOT_TRACK")
 CHILD_ENV_PREFIXES = ("MLFLOW_", "AWS_")
-WITHHELD_SETTINGS = ("INCOMEOPS_API_KEY", "INCOMEOPS_PREDICT_API_KEY")
+WITHHELD_SETTINGS = ("INCOMEOPS_API_KEY", "INCOMEOPS_PREDICT_API_KEY", "INCOMEOPS_BROKER_URL")   # a notebook needs none of them
 
 def child_env(settings: Settings) -> dict[str, str]:
     "The environment of a job's notebook: the settings without the API keys, and what Python, Jupyter and MLflow's stores read."

@@ -668,12 +668,6 @@ class Store:
             row = conn.execute(q).first()
         return None if row is None else _job_dict(row)
 
-    def fail_interrupted_jobs(self) -> int:
-        "Mark queued and running jobs failed (call at service start: their threads died with the last process); how many."
-        q = (jobs_table.update().where(jobs_table.c.status.in_(ACTIVE_STATUSES))
-             .values(status="failed", error=INTERRUPTED, finished_at=datetime.now(UTC)))
-        with self._failing_as("failing interrupted jobs"), self.engine.begin() as conn: return conn.execute(q).rowcount
-
     # --- alerts ---
     def add_alert(self, kind: str, message: str, details: dict) -> dict:
         "Store an alert; the stored alert."

@@ -2,19 +2,23 @@
 # System packages and services the test suite needs beyond Python (Debian/Ubuntu; as root, or with sudo):
 # - Debian's Chromium, for the browser test (tests/test_browser.py);
 # - a PostgreSQL server on 127.0.0.1:5432 with a user and two databases, for the PostgreSQL integration tests
-#   (tests/test_postgres.py): the service database and an MLflow backend store, as the compose stack uses them.
+#   (tests/test_postgres.py): the service database and an MLflow backend store, as the compose stack uses them;
+# - Debian's Redis, the broker of the Celery tests (tests/test_queue.py): they start their own redis-server processes
+#   on free loopback ports (one test stops and restarts it), so no system-wide server is left running for them.
 # Used by .ci/run, which then sets INCOMEOPS_TEST_POSTGRES_URL and INCOMEOPS_TEST_MLFLOW_POSTGRES_URL.
 set -euo pipefail
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 packages=()
 command -v chromium >/dev/null || packages+=(chromium)
 command -v pg_ctlcluster >/dev/null || packages+=(postgresql)
+command -v redis-server >/dev/null || packages+=(redis-server)
 if ((${#packages[@]})); then
     echo "installing system packages: ${packages[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 chromium --version
+redis-server --version
 
 # PostgreSQL: start the cluster the package created (no systemd here), then the test user and databases.
 read -r pg_version pg_cluster _ < <(pg_lsclusters --no-header | head -1)

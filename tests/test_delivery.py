@@ -37,7 +37,7 @@ from incomeops.schema import EXAMPLE_PERSON
 BIN = Path(sys.executable).parent  # the project's .venv/bin
 UV = REPO / ".tools" / "bin" / "uv"
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
-ENTRYPOINT_ROLES = {"api", "ui", "train", "bootstrap", "monitor"}
+ENTRYPOINT_ROLES = {"api", "ui", "train", "bootstrap", "monitor", "worker", "beat"}
 pytestmark = pytest.mark.timeout(900)   # the first start of a clean environment compiles every module: slow on a busy machine
 
 
@@ -136,7 +136,7 @@ def compose() -> dict:
 
 def test_compose_stack_has_every_service_with_health_checks_and_start_up_order(compose):
     services = compose["services"]
-    assert {"postgres", "mlflow", "trainer", "api", "ui"} <= set(services)
+    assert {"postgres", "redis", "mlflow", "trainer", "api", "worker", "beat", "ui"} <= set(services)
     one_shot = {name for name, s in services.items() if s.get("restart") == "no"}
     assert "trainer" in one_shot
     for name, service in services.items():
@@ -147,6 +147,9 @@ def test_compose_stack_has_every_service_with_health_checks_and_start_up_order(c
     assert conditions["trainer"]["mlflow"] == "service_healthy"
     assert conditions["api"] == {"trainer": "service_completed_successfully", "mlflow": "service_healthy", "postgres": "service_healthy"}
     assert conditions["ui"]["api"] == "service_healthy"
+    assert conditions["worker"] == {"trainer": "service_completed_successfully", "redis": "service_healthy", "mlflow": "service_healthy",
+                                    "postgres": "service_healthy"}
+    assert conditions["beat"] == {"redis": "service_healthy", "postgres": "service_healthy"}
     # each IncomeOps service runs an entrypoint role or a command of the environment
     for name, service in services.items():
         if "build" in service:
@@ -157,7 +160,7 @@ def test_compose_stack_has_every_service_with_health_checks_and_start_up_order(c
 def test_compose_api_is_stateless_behind_postgres_and_mlflow(compose):
     services = compose["services"]
     api = services["api"]
-    assert "volumes" not in api, "the API keeps no state of its own"
+    assert all(v.endswith(":ro") for v in api.get("volumes", [])), "the API keeps no state of its own (it may read shared reports)"
     assert api["deploy"]["replicas"] >= 2
     env = {k: interpolate(str(v)) for k, v in api["environment"].items() if v is not None}
     assert all(k.removeprefix("INCOMEOPS_").lower() in Settings.model_fields for k in api["environment"]), "unknown setting"
@@ -181,6 +184,29 @@ def test_compose_api_is_stateless_behind_postgres_and_mlflow(compose):
     assert postgres["environment"]["POSTGRES_DB"] == "incomeops"
     init = [v for v in postgres["volumes"] if v.split(":")[1] == "/docker-entrypoint-initdb.d"]
     assert init and "CREATE DATABASE mlflow" in "".join(p.read_text() for p in (REPO / init[0].split(":")[0]).glob("*.sql"))
+
+
+def test_compose_runs_jobs_on_workers_through_redis_with_exactly_one_beat(compose):
+    services = compose["services"]
+    env = {name: {k: interpolate(str(v)) for k, v in services[name]["environment"].items() if v is not None} for name in ("api", "worker", "beat")}
+    assert all(k.removeprefix("INCOMEOPS_").lower() in Settings.model_fields for e in env.values() for k in e), "unknown setting"
+    brokers = {name: urlsplit(e["INCOMEOPS_BROKER_URL"]) for name, e in env.items()}
+    assert {(b.scheme, b.hostname, b.port) for b in brokers.values()} == {("redis", "redis", 6379)}, "one broker: the redis service"
+    assert all(e["INCOMEOPS_DATABASE_URL"] == env["api"]["INCOMEOPS_DATABASE_URL"] for e in env.values()), "one service database"
+    assert all(e["INCOMEOPS_TRACKING_URI"] == env["api"]["INCOMEOPS_TRACKING_URI"] for e in env.values()), "one registry"
+    assert float(env["api"]["INCOMEOPS_MODEL_POLL_SECONDS"]) > 0                  # each replica follows @champion by itself
+    assert [services[n]["command"][0] for n in ("worker", "beat")] == ["worker", "beat"]
+    assert services["beat"]["deploy"]["replicas"] == 1, "exactly one scheduler"
+    assert float(env["beat"]["INCOMEOPS_MONITOR_INTERVAL_MINUTES"]) > 0 and "INCOMEOPS_MONITOR_INTERVAL_MINUTES" not in env["api"]
+    assert "ports" not in services["worker"] and "ports" not in services["beat"]
+    assert "redis" not in services["api"].get("depends_on", {}), "the API starts and predicts without the broker"
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:") and "redis-cli" in redis["healthcheck"]["test"]
+    assert "--appendonly" in redis["command"] and any(v.split(":")[0] in compose["volumes"] for v in redis["volumes"]), "queued jobs survive a restart"
+    # the workers write reports where the API reads the drift report
+    reports = {name: next(v.split(":")[0] for v in services[name]["volumes"] if v.split(":")[1] == "/app/reports") for name in ("worker", "api")}
+    assert reports["worker"] == reports["api"] and reports["worker"] in compose["volumes"]
+    assert int(services["worker"]["stop_grace_period"].removesuffix("s")) >= 10
 
 
 # ------------------------------------------------------------------------------------------------ workflows

@@ -1,4 +1,5 @@
-"""Background jobs (training notebook, monitoring check, retraining): started, listed, followed and cancelled; admin key only."""
+"""Background jobs (training notebook, monitoring check, retraining): started, listed, followed and cancelled; admin key only.
+The same routes whether jobs run in this process or on Celery workers (`app.services.job_runner`)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import ValidationError
 
-from app.deps import JobsDep, MetricsDep, ModelsDep, OptionalJsonBodyDep, ServedDep, StoreDep, admin_key
+from app.deps import (
+    JobsDep,
+    MetricsDep,
+    ModelsDep,
+    OptionalJsonBodyDep,
+    PredictionLogDep,
+    ServedDep,
+    SettingsDep,
+    admin_key,
+)
 from app.errors import ADMIN_KEY, BAD_BODY, CONFLICT, INVALID, NOT_FOUND, UNAVAILABLE, invalid_input, whole_body
 from app.openapi import request_body
 from app.schemas import Job
@@ -44,7 +54,8 @@ async def start_training(body: OptionalJsonBodyDep, jobs: JobsDep, metrics: Metr
 
 
 @router.post("/jobs/monitor", summary="Run the monitoring check in the background", **STARTED, responses=CONFLICT)
-async def start_monitoring(jobs: JobsDep, models: ModelsDep, metrics: MetricsDep) -> Job:
+async def start_monitoring(jobs: JobsDep, models: ModelsDep, predictions: PredictionLogDep, settings: SettingsDep, metrics: MetricsDep) -> Job:
+    await asyncio.to_thread(predictions.sync, settings.log_ack_timeout_seconds)   # the check sees every prediction this replica answered
     job = await asyncio.to_thread(jobs.monitor, models)
     metrics.jobs.labels("monitor").inc()
     return job
@@ -65,13 +76,13 @@ async def cancel_job(jobs: JobsDep, job_id: str) -> Job:
 
 
 @router.get("/jobs", summary="Recent jobs, newest first")
-async def list_jobs(store: StoreDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
+async def list_jobs(jobs: JobsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                     kind: Literal["train", "monitor", "retrain"] | None = None) -> list[Job]:
-    return await asyncio.to_thread(store.list_jobs, limit=limit, kind=kind)
+    return await asyncio.to_thread(jobs.list_jobs, limit=limit, kind=kind)
 
 
 @router.get("/jobs/{job_id}", summary="One job: status, timings, outcome, executed notebook", responses=NOT_FOUND)
-async def get_job(store: StoreDep, job_id: str) -> Job:
-    job = await asyncio.to_thread(store.get_job, known_job_id(job_id))
+async def get_job(jobs: JobsDep, job_id: str) -> Job:
+    job = await asyncio.to_thread(jobs.get_job, known_job_id(job_id))
     if job is None: raise JobNotFound(f"no job has id {job_id}")
     return job
