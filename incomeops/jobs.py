@@ -30,8 +30,8 @@ from .training import TrainingParams, UnknownProductionData, production_rows_pat
 __all__ = ['log', 'leases_table', 'MODEL_KINDS', 'SLOT_INDEX', 'SUPERSEDED', 'STATUS_POLL_SECONDS', 'LOST', 'NOT_TAKEN', 'Work',
            'KEPT_FROM_TRAINING', 'JobConflict', 'JobNotFound', 'renew_lease', 'why_not_live', 'ensure_job_live',
            'watch_job', 'finish_job', 'slot_of', 'active_in_slot', 'claim_job', 'start_job', 'keep_alive', 'record_end',
-           'run_job', 'reap_jobs', 'training_work', 'monitoring_work', 'retraining_work', 'recorded_work', 'Jobs',
-           'JobRunner']
+           'run_job', 'reap_jobs', 'Jobs', 'JobRunner', 'training_work', 'monitoring_work', 'retraining_work',
+           'recorded_work']
 
 # %% ../nbs/19_jobs.ipynb #c14852cb
 log = logging.getLogger(__name__)
@@ -231,54 +231,6 @@ def reap_jobs(store: Store, settings: Settings) -> int:
     if reaped: log.warning("%d job(s) whose runner is gone marked failed", reaped)
     return reaped
 
-# %% ../nbs/19_jobs.ipynb #fcc04f14
-KEPT_FROM_TRAINING = ("run_id", "model_version", "decision", "dataset_version", "family", "threshold", "test", "notebook", "notebook_html")
-
-def training_work(jobs: Jobs, params: TrainingParams) -> Work:
-    "Run the training notebook with `params`; after a promotion, `jobs.promoted()` (the service's reload)."
-    def work(control: JobControl, job_id: str) -> dict:
-        summary = run_training(params, jobs.settings, control=control, job_id=job_id)
-        promoted = summary.get("decision") == "promoted"
-        if promoted: jobs.promoted()
-        return {**{k: summary.get(k) for k in KEPT_FROM_TRAINING}, "promoted": promoted}
-    return work
-
-def _served(champion: Callable[[], object], what: str):
-    if (served := champion()) is None: raise IncomeOpsError(f"no champion is being served, so there is nothing to {what}")
-    return served
-
-def monitoring_work(jobs: Jobs, champion: Callable[[], object]) -> Work:
-    "Check the served champion: alerts for its alarms, and a retraining (another job) if they ask for one."
-    def work(control: JobControl, job_id: str) -> dict:
-        served = _served(champion, "monitor")
-        verdict, report = run_monitoring(jobs.store, served, jobs.settings)
-        alerts = record_alarms(jobs.store, verdict, served.version, jobs.settings.retrain_cooldown_minutes)
-        return {**verdict.as_dict(), "report": str(report) if report else None, "alerts": [a["id"] for a in alerts],
-                "retraining": jobs.maybe_retrain(verdict, served)}
-    return work
-
-def retraining_work(jobs: Jobs, champion: Callable[[], object]) -> Work:
-    "Retrain the champion's configuration on the training data plus the labelled production rows; a failure raises an alert."
-    def work(control: JobControl, job_id: str) -> dict:
-        served = _served(champion, "retrain")
-        try: return retrain_champion(jobs.store, served, jobs.settings, jobs.promoted, control=control, job_id=job_id)
-        except Exception as e:
-            kind = "unsafe_config" if isinstance(e, UnsafeQueryError) else "retrain_failed"
-            jobs.store.add_alert(kind, f"retraining failed and version {served.version} keeps serving: {_error_of(e)}",
-                                 {"model_version": served.version})
-            raise
-    return work
-
-def recorded_work(jobs: Jobs, job: dict, champion: Callable[[], object]) -> Work:
-    "The work of recorded `job`, rebuilt from its kind and parameters (what a worker receives)."
-    def work(control: JobControl, job_id: str) -> dict:
-        if job["kind"] == "train": inner = training_work(jobs, TrainingParams.model_validate(job["params"]))
-        elif job["kind"] == "monitor": inner = monitoring_work(jobs, champion)
-        elif job["kind"] == "retrain": inner = retraining_work(jobs, champion)
-        else: raise IncomeOpsError(f"runners know train, monitor and retrain jobs, not {job['kind']!r}")
-        return inner(control, job_id)
-    return work
-
 # %% ../nbs/19_jobs.ipynb #62281472
 class Jobs:
     "A service's jobs, recorded in `store`: one queued or running per slot, listed, cancelled; subclasses decide where the work runs."
@@ -391,3 +343,51 @@ class JobRunner(Jobs):
             finish_job(self.store, job_id, status="failed", finished_at=datetime.now(UTC), error=INTERRUPTED)
             control.cancelled.set()
         for job_id, _ in running: self.wait(job_id, timeout)
+
+# %% ../nbs/19_jobs.ipynb #fcc04f14
+KEPT_FROM_TRAINING = ("run_id", "model_version", "decision", "dataset_version", "family", "threshold", "test", "notebook", "notebook_html")
+
+def training_work(jobs: Jobs, params: TrainingParams) -> Work:
+    "Run the training notebook with `params`; after a promotion, `jobs.promoted()` (the service's reload)."
+    def work(control: JobControl, job_id: str) -> dict:
+        summary = run_training(params, jobs.settings, control=control, job_id=job_id)
+        promoted = summary.get("decision") == "promoted"
+        if promoted: jobs.promoted()
+        return {**{k: summary.get(k) for k in KEPT_FROM_TRAINING}, "promoted": promoted}
+    return work
+
+def _served(champion: Callable[[], object], what: str):
+    if (served := champion()) is None: raise IncomeOpsError(f"no champion is being served, so there is nothing to {what}")
+    return served
+
+def monitoring_work(jobs: Jobs, champion: Callable[[], object]) -> Work:
+    "Check the served champion: alerts for its alarms, and a retraining (another job) if they ask for one."
+    def work(control: JobControl, job_id: str) -> dict:
+        served = _served(champion, "monitor")
+        verdict, report = run_monitoring(jobs.store, served, jobs.settings)
+        alerts = record_alarms(jobs.store, verdict, served.version, jobs.settings.retrain_cooldown_minutes)
+        return {**verdict.as_dict(), "report": str(report) if report else None, "alerts": [a["id"] for a in alerts],
+                "retraining": jobs.maybe_retrain(verdict, served)}
+    return work
+
+def retraining_work(jobs: Jobs, champion: Callable[[], object]) -> Work:
+    "Retrain the champion's configuration on the training data plus the labelled production rows; a failure raises an alert."
+    def work(control: JobControl, job_id: str) -> dict:
+        served = _served(champion, "retrain")
+        try: return retrain_champion(jobs.store, served, jobs.settings, jobs.promoted, control=control, job_id=job_id)
+        except Exception as e:
+            kind = "unsafe_config" if isinstance(e, UnsafeQueryError) else "retrain_failed"
+            jobs.store.add_alert(kind, f"retraining failed and version {served.version} keeps serving: {_error_of(e)}",
+                                 {"model_version": served.version})
+            raise
+    return work
+
+def recorded_work(jobs: Jobs, job: dict, champion: Callable[[], object]) -> Work:
+    "The work of recorded `job`, rebuilt from its kind and parameters (what a worker receives)."
+    def work(control: JobControl, job_id: str) -> dict:
+        if job["kind"] == "train": inner = training_work(jobs, TrainingParams.model_validate(job["params"]))
+        elif job["kind"] == "monitor": inner = monitoring_work(jobs, champion)
+        elif job["kind"] == "retrain": inner = retraining_work(jobs, champion)
+        else: raise IncomeOpsError(f"runners know train, monitor and retrain jobs, not {job['kind']!r}")
+        return inner(control, job_id)
+    return work
