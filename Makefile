@@ -24,7 +24,7 @@ export DO_NOT_TRACK := 1
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help all install lab data profile train train-smoke serve api ui test check-sync lint nbtest pytest export readme docs clean
+.PHONY: help all install lab data profile train train-smoke serve api ui test check-sync lint nbtest pytest export readme docs detection clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -102,6 +102,9 @@ readme: install  ## README.md from nbs/index.ipynb
 
 docs: data  ## the docs site in _docs/: notebooks executed, API reference, reports, architecture; fails on broken links
 	OMP_NUM_THREADS=1 $(BIN)/python scripts/build_docs.py --check-links $(DOCS_ARGS)
+
+detection: data  ## detection power, offline: false alarms and rows to the first alarm per scenario and rule -> docs/monitoring-results.md, docs/simulation/detection.png
+	OMP_NUM_THREADS=1 $(BIN)/python -c "from incomeops.detection import main; main()"
 
 clean:  ## remove generated data, reports and caches (keeps .venv and .tools)
 	rm -rf data reports mlflow _proc _docs .docs-cache .pytest_cache .ruff_cache

@@ -18,6 +18,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from scipy.stats import chi2, norm
 from sklearn.metrics import log_loss, roc_auc_score
 
 from .cleaning import CATEGORICAL_INPUTS, MODEL_INPUTS, NUMERIC_INPUTS, TARGET
@@ -25,11 +26,14 @@ from .config import IncomeOpsError, Settings, get_settings
 from .features import model_inputs
 
 # %% auto #0
-__all__ = ['MISSING', 'SCORE_EDGES', 'REFERENCE_ARTIFACTS', 'split_test_file', 'row_fingerprints', 'drop_holdout_rows',
-           'reference_profile', 'bin_shares', 'log_reference', 'load_reference', 'psi', 'feature_drift', 'score_drift',
-           'expected_null_psi', 'quality_problems', 'auc_standard_error', 'wilson_interval',
-           'performance_with_intervals', 'estimated_accuracy', 'Alarm', 'Verdict', 'check', 'drift_report',
-           'labelled_training_rows', 'split_recent', 'write_production_rows']
+__all__ = ['MISSING', 'SCORE_EDGES', 'REFERENCE_ARTIFACTS', 'RULE_DEFAULTS', 'ESTIMATE_ASSUMPTION', 'split_test_file',
+           'row_fingerprints', 'drop_holdout_rows', 'reference_profile', 'normalised_importance', 'input_weights',
+           'bin_shares', 'log_reference', 'load_reference', 'psi', 'feature_drift', 'score_drift', 'expected_null_psi',
+           'filled_bins', 'null_psi_quantile', 'sidak_level', 'noise_windows', 'quality_problems', 'auc_standard_error',
+           'wilson_interval', 'performance_with_intervals', 'estimated_accuracy', 'Alarm', 'Verdict', 'rule_setting',
+           'severe_psi_threshold', 'score_psi_threshold', 'reference_positive_share', 'positive_share_threshold',
+           'estimate_caveat', 'weighted_drift', 'check', 'drift_report', 'labelled_training_rows', 'split_recent',
+           'write_production_rows']
 
 # %% ../nbs/16_monitoring.ipynb #942b4501
 def split_test_file(test: pd.DataFrame, settings: Settings | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -69,8 +73,8 @@ def _categorical_profile(values: pd.Series, rare_below: float = 0.01) -> dict:
     return {"kind": "categorical", "categories": [str(c) for c in common.index], "shares": [*common.tolist(), float(rare.sum())],
             "rare": [str(c) for c in rare.index]}
 
-def reference_profile(X: pd.DataFrame, scores=None, bins: int = 10) -> dict:
-    "Bins and shares of each model input of `X` (and of the model's `scores`), to compare later windows with."
+def reference_profile(X: pd.DataFrame, scores=None, bins: int = 10, importance=None) -> dict:
+    "Bins and shares of each model input of `X` (and of the model's `scores`, and its `importance` per input), to compare later windows with."
     X = model_inputs(X)
     features = {}
     for c in NUMERIC_INPUTS:
@@ -81,7 +85,21 @@ def reference_profile(X: pd.DataFrame, scores=None, bins: int = 10) -> dict:
     profile = {"rows": len(X), "features": features}
     if scores is not None:
         profile["score"] = {"kind": "numeric", "edges": SCORE_EDGES, "shares": bin_shares({"kind": "numeric", "edges": SCORE_EDGES}, pd.Series(scores)).tolist()}
+    if importance is not None: profile["importance"] = normalised_importance(importance)
     return profile
+
+def normalised_importance(importance) -> dict[str, float]:
+    "Each model input's share of the model's importance (a mapping, or `permutation_importances`' table); negative ones count as none."
+    if isinstance(importance, pd.DataFrame): importance = dict(zip(importance["feature"], importance["importance_mean"]))
+    raw = {c: max(float(importance.get(c, 0.0)), 0.0) for c in MODEL_INPUTS}
+    total = sum(raw.values())
+    if total <= 0: raise IncomeOpsError("no model input has a positive importance")
+    return {c: v / total for c, v in raw.items()}
+
+def input_weights(profile: dict) -> tuple[dict[str, float], str]:
+    "The weight of each input in the drift alarm, and where it comes from: the champion's importance, or equal weights for a run that stored none."
+    if "importance" in profile: return dict(profile["importance"]), "the champion's importance"
+    return {c: 1 / len(profile["features"]) for c in profile["features"]}, "equal weights (the champion's run stored no importance)"
 
 def bin_shares(feature: dict, values: pd.Series) -> np.ndarray:
     "The share of `values` in each bin of a profiled `feature` (categories: one more bin at the end for unseen ones)."
@@ -98,9 +116,9 @@ def bin_shares(feature: dict, values: pd.Series) -> np.ndarray:
 # %% ../nbs/16_monitoring.ipynb #4d2b7e91
 REFERENCE_ARTIFACTS = "monitoring"          # the folder of a training run that holds its monitoring reference
 
-def log_reference(X: pd.DataFrame, scores, config: dict, seed: int = 0, sample_rows: int = 5_000) -> dict:
-    "Store the reference profile of the training inputs `X` (and model `scores`), a sample of `X` and the model's `config` with the active MLflow run."
-    profile = reference_profile(X, scores)
+def log_reference(X: pd.DataFrame, scores, config: dict, seed: int = 0, sample_rows: int = 5_000, importance=None) -> dict:
+    "Store the reference profile of the training inputs `X` (model `scores`, `importance` per input), a sample of `X` and the model's `config` with the active MLflow run."
+    profile = reference_profile(X, scores, importance=importance)
     mlflow.log_dict(profile, f"{REFERENCE_ARTIFACTS}/reference_profile.json")
     mlflow.log_dict(config, f"{REFERENCE_ARTIFACTS}/model_config.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +161,23 @@ def score_drift(profile: dict, scores) -> float | None:
 def expected_null_psi(bins: int, n_window: int, n_reference: int) -> float:
     "The PSI that sampling noise alone gives on average when nothing has drifted: about (bins - 1) (1/n + 1/m)."
     return (bins - 1) * (1 / n_window + 1 / n_reference)
+
+def filled_bins(feature: dict) -> int:
+    "The bins of a profiled feature that held training rows (an empty bin adds nothing to the PSI while nothing drifts)."
+    return int((np.asarray(feature["shares"], dtype=float) > 0).sum())
+
+def null_psi_quantile(bins: int, n_window: int, n_reference: int, level: float) -> float:
+    "The PSI that noise alone stays under with probability `level`: (1/n + 1/m) times the chi-squared quantile with bins - 1 degrees of freedom."
+    return float(chi2.ppf(level, bins - 1)) * (1 / n_window + 1 / n_reference)
+
+def sidak_level(family_rate: float, tests: int) -> float:
+    "The per-test level at which `tests` independent tests together exceed their quantile with probability `family_rate` (Šidák)."
+    return (1 - family_rate) ** (1 / tests)
+
+def noise_windows(frame: pd.DataFrame, sizes=(500, 1000, 2000), count: int = 300, seed: int = 0) -> list[tuple[int, pd.DataFrame]]:
+    "Random windows (rows without replacement) of `frame`, `count` of each size: (size, window) pairs, to measure what noise gives."
+    rng = np.random.default_rng(seed)
+    return [(n, frame.iloc[rng.choice(len(frame), n, replace=False)]) for n in sizes for _ in range(count)]
 
 # %% ../nbs/16_monitoring.ipynb #07e1e25e
 def quality_problems(profile: dict, window: pd.DataFrame) -> list[str]:
@@ -192,41 +227,119 @@ def estimated_accuracy(proba, threshold: float) -> float:
 # %% ../nbs/16_monitoring.ipynb #49aa214c
 @dataclass
 class Alarm:
-    "One rule that fired: its kind (drift, performance, data_quality), a sentence, and whether it asks for retraining."
-    kind: str
+    "One rule that fired: its kind (the rule), a sentence, whether it asks for retraining, the inputs it names, and whether it holds retraining back."
+    kind: str                                 # drift, input_drift, score_drift, positive_share, performance, data_quality
     message: str
     retrain: bool
+    inputs: list[str] = field(default_factory=list)
+    holds_retraining: bool = False            # a defect to fix at its source: no retraining on these rows while it lasts
 
 @dataclass
 class Verdict:
     "What one monitoring check found in a window of the prediction log."
     window_rows: int
     labelled_rows: int
-    drift: list[dict] | None = None           # per feature: psi, drifted (None: too few rows)
-    drift_share: float | None = None
+    drift: list[dict] | None = None           # per feature: psi, drifted, weight, severe_psi (None: too few rows)
+    drift_share: float | None = None          # share of the inputs that drifted
     score_psi: float | None = None
     estimated_accuracy: float | None = None
     quality: list[str] = field(default_factory=list)
     performance: dict | None = None           # None: too few labelled rows
     champion: dict = field(default_factory=dict)
     alarms: list[Alarm] = field(default_factory=list)
+    weighted_drift_share: float | None = None  # share of the model's weight on the drifted inputs
+    weights: str | None = None                # where the weights come from
+    score_psi_threshold: float | None = None
+    positive_share: float | None = None       # share of recent answers >50K
+    positive_share_reference: float | None = None
+    estimate_trusted: bool | None = None      # False: inputs drifted, so the label-free estimate says nothing
+    estimate_caveat: str | None = None
 
     @property
     def retrain(self) -> bool:
-        "Whether a retraining should start: an alarm asks for it and no data-quality problem holds it back."
-        return any(a.retrain for a in self.alarms) and not self.quality
+        "Whether a retraining should start: an alarm asks for it and no data-quality problem or upstream defect holds it back."
+        return any(a.retrain for a in self.alarms) and not self.quality and not any(a.holds_retraining for a in self.alarms)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "retrain": self.retrain}
 
 # %% ../nbs/16_monitoring.ipynb #622e947e
-def _drift_alarm(drift: pd.DataFrame, s: Settings) -> Alarm | None:
-    share = float(drift["drifted"].mean())
-    if share < s.drift_share_limit: return None
-    moved = ", ".join(f"{r.feature} {r.psi:.2f}" for r in drift[drift["drifted"]].itertuples())
-    return Alarm("drift", f"{int(drift['drifted'].sum())} of {len(drift)} inputs drifted (PSI > {s.drift_psi_threshold}): {moved}",
-                 s.retrain_on_drift)
+RULE_DEFAULTS = {"drift_false_alarm_rate": 1e-4,   # per check and rule, when nothing has changed: sets the noise tails below
+                 "drift_severe_psi": 0.5,          # one input alone alarms beyond this (or beyond noise's tail, if higher)
+                 "score_psi_floor": 0.1,           # the score alarm's threshold is at least this ("stable" below 0.1)
+                 "positive_share_floor": 0.05}     # the positive-share alarm's threshold is at least this many points
 
+def rule_setting(s: Settings, name: str) -> float:
+    "A setting of the rules below: the settings object's once it has the field, else the default here."
+    return getattr(s, name, RULE_DEFAULTS[name])
+
+def severe_psi_threshold(feature: dict, n_window: int, n_reference: int, s: Settings) -> float:
+    "The PSI beyond which one input alone raises an alarm: the severe floor, or noise's tail on this window for all inputs at once if higher."
+    level = sidak_level(rule_setting(s, "drift_false_alarm_rate"), len(MODEL_INPUTS))
+    return max(rule_setting(s, "drift_severe_psi"), null_psi_quantile(filled_bins(feature), n_window, n_reference, level))
+
+def score_psi_threshold(profile: dict, n_window: int, s: Settings) -> float:
+    "The score PSI beyond which the score alarm fires: noise's tail on this window, or the floor if higher."
+    tail = null_psi_quantile(filled_bins(profile["score"]), n_window, profile["rows"], 1 - rule_setting(s, "drift_false_alarm_rate"))
+    return max(rule_setting(s, "score_psi_floor"), tail)
+
+def reference_positive_share(profile: dict, threshold: float) -> float | None:
+    "The share of out-of-fold training scores at or above `threshold`, read off the score bins (straight within a bin); None without scores."
+    if "score" not in profile: return None
+    edges, shares = profile["score"]["edges"], profile["score"]["shares"]
+    below = np.interp(threshold, [0.0, *edges, 1.0], [0.0, *np.cumsum(shares)[:-1], 1.0])
+    return float(1 - below)
+
+def positive_share_threshold(reference: float, n_window: int, n_reference: int, s: Settings) -> float:
+    "How far the share of positive answers may move before the alarm: noise's two-sided tail on this window, or the floor if higher."
+    z = norm.isf(rule_setting(s, "drift_false_alarm_rate") / 2)
+    return max(rule_setting(s, "positive_share_floor"), z * math.sqrt(reference * (1 - reference) * (1 / n_window + 1 / n_reference)))
+
+# %% ../nbs/16_monitoring.ipynb #714ae4ff
+def _moved(rows) -> str: return ", ".join(f"{r.feature} {r.psi:.2f}" for r in rows.itertuples())
+
+def _drift_alarm(drift: pd.DataFrame, source: str, s: Settings) -> Alarm | None:
+    "Drifted inputs that carry enough of the model's weight; confined to one input, it alerts and holds retraining back."
+    drifted = drift[drift["drifted"]]
+    share = float(drifted["weight"].sum())
+    if drifted.empty or share < s.drift_share_limit: return None
+    alone = len(drifted) == 1
+    message = (f"{len(drifted)} of {len(drift)} inputs drifted (PSI > {s.drift_psi_threshold}), {share:.0%} of the model's weight "
+               f"({source}; the limit is {s.drift_share_limit:.0%}): {_moved(drifted)}")
+    if alone: message += "; only one input moved, more often a defect upstream than new people: check its producer (no retraining meanwhile)"
+    return Alarm("drift", message, s.retrain_on_drift and not alone, drifted["feature"].tolist(), alone)
+
+def _severe_alarm(drift: pd.DataFrame, n_window: int) -> Alarm | None:
+    "Inputs whose PSI is beyond the severe threshold, however little the model leans on them."
+    severe = drift[drift["psi"] > drift["severe_psi"]]
+    if severe.empty: return None
+    alone = len(severe) == 1 and int(drift["drifted"].sum()) == 1
+    message = (f"severe drift of {_moved(severe)} on the last {n_window:,} predictions (PSI beyond "
+               f"{', '.join(f'{t:.2f}' for t in severe['severe_psi'])}: far past what noise gives)")
+    if alone: message += ("; no other input moved, so it is more likely a defect upstream (a unit, a mapping) than new people: "
+                          "check its producer; no retraining on these rows")
+    return Alarm("input_drift", message, False, severe["feature"].tolist(), alone)
+
+def _score_alarm(score_psi: float, threshold: float, n_window: int) -> Alarm | None:
+    if score_psi <= threshold: return None
+    return Alarm("score_drift", f"the model's scores moved on the last {n_window:,} predictions: PSI {score_psi:.3f} against its "
+                                f"out-of-fold training scores, beyond {threshold:.3f}; labels will tell whether it is still right", False)
+
+def _positive_share_alarm(share: float, reference: float, threshold: float, n_window: int) -> Alarm | None:
+    if abs(share - reference) <= threshold: return None
+    return Alarm("positive_share", f"{share:.1%} of the last {n_window:,} answers say >50K against {reference:.1%} on the training data "
+                                   f"(out of fold), more than {threshold:.1%} apart", False)
+
+ESTIMATE_ASSUMPTION = "it trusts the champion's scores to be calibrated for the people asked now"
+
+def estimate_caveat(drift: pd.DataFrame) -> tuple[bool, str]:
+    "Whether the label-free accuracy estimate may be read as a sign of health, and the sentence that says why."
+    moved = drift.loc[drift["drifted"], "feature"].tolist()
+    if not moved: return True, f"label-free estimate: {ESTIMATE_ASSUMPTION}; no input drifted"
+    return False, (f"label-free estimate not a sign that all is well: {ESTIMATE_ASSUMPTION}, and {', '.join(moved)} drifted "
+                   "(a model fed changed inputs can be confidently wrong)")
+
+# %% ../nbs/16_monitoring.ipynb #b7471f7b
 def _performance_alarm(perf: dict, champion: dict, s: Settings) -> Alarm | None:
     test = champion.get("test", {})
     reasons = []
@@ -238,20 +351,41 @@ def _performance_alarm(perf: dict, champion: dict, s: Settings) -> Alarm | None:
     if not reasons: return None
     return Alarm("performance", f"on the last {perf['n']:,} labelled predictions: " + "; ".join(reasons), True)
 
+def weighted_drift(profile: dict, window: pd.DataFrame, s: Settings) -> tuple[pd.DataFrame, str]:
+    "`feature_drift` with each input's weight and severe threshold on this window; and where the weights come from."
+    weights, source = input_weights(profile)
+    drift = feature_drift(profile, window, s)
+    severe = {c: severe_psi_threshold(f, len(window), profile["rows"], s) for c, f in profile["features"].items()}
+    return drift.assign(weight=drift["feature"].map(weights).fillna(0.0), severe_psi=drift["feature"].map(severe)), source
+
+def _input_alarms(v: Verdict, profile: dict, recent: pd.DataFrame, s: Settings) -> None:
+    "The label-free part of a check: drift of the inputs, of the scores and of the positive share, data quality, the estimate's caveat."
+    n, threshold = len(recent), v.champion["threshold"]
+    drift, v.weights = weighted_drift(profile, recent, s)
+    v.drift = [{"feature": r.feature, "psi": round(float(r.psi), 4), "drifted": bool(r.drifted), "weight": round(float(r.weight), 4),
+                "severe_psi": round(float(r.severe_psi), 4)} for r in drift.itertuples()]
+    v.drift_share, v.weighted_drift_share = float(drift["drifted"].mean()), float(drift.loc[drift["drifted"], "weight"].sum())
+    v.estimated_accuracy = estimated_accuracy(recent["probability"], threshold)
+    v.estimate_trusted, v.estimate_caveat = estimate_caveat(drift)
+    v.quality = quality_problems(profile, recent)
+    if v.quality: v.alarms.append(Alarm("data_quality", "; ".join(v.quality), False))
+    alarms = [_severe_alarm(drift, n), _drift_alarm(drift, v.weights, s)]
+    v.score_psi = score_drift(profile, recent["probability"])
+    if v.score_psi is not None:
+        v.score_psi_threshold = score_psi_threshold(profile, n, s)
+        v.positive_share = float((recent["probability"].to_numpy() >= threshold).mean())
+        v.positive_share_reference = reference_positive_share(profile, threshold)
+        alarms += [_score_alarm(v.score_psi, v.score_psi_threshold, n),
+                   _positive_share_alarm(v.positive_share, v.positive_share_reference,
+                                         positive_share_threshold(v.positive_share_reference, n, profile["rows"], s), n)]
+    v.alarms += [a for a in alarms if a]
+
 def check(recent: pd.DataFrame, labelled: pd.DataFrame, profile: dict, champion: dict, settings: Settings | None = None) -> Verdict:
     "The verdict on the `recent` predictions (inputs and `probability`) and the `labelled` ones (with `true_label`) for the `champion`."
     s = settings or get_settings()
     recent, labelled = recent.tail(s.drift_window_rows), labelled.tail(s.performance_window_rows)
     v = Verdict(window_rows=len(recent), labelled_rows=len(labelled), champion=champion)
-    if len(recent) >= s.drift_min_rows:
-        drift = feature_drift(profile, recent, s)
-        v.drift = [{"feature": r.feature, "psi": round(float(r.psi), 4), "drifted": bool(r.drifted)} for r in drift.itertuples()]
-        v.drift_share = float(drift["drifted"].mean())
-        v.score_psi = score_drift(profile, recent["probability"])
-        v.estimated_accuracy = estimated_accuracy(recent["probability"], champion["threshold"])
-        v.quality = quality_problems(profile, recent)
-        if v.quality: v.alarms.append(Alarm("data_quality", "; ".join(v.quality), False))
-        if alarm := _drift_alarm(drift, s): v.alarms.append(alarm)
+    if len(recent) >= s.drift_min_rows: _input_alarms(v, profile, recent, s)
     if len(labelled) >= s.performance_min_labelled:
         v.performance = performance_with_intervals(labelled["true_label"].astype(int), labelled["probability"], champion["threshold"])
         if v.performance and (alarm := _performance_alarm(v.performance, champion, s)): v.alarms.append(alarm)

@@ -80,11 +80,12 @@ def run_monitoring(store, served, settings: Settings | None = None) -> tuple[Ver
     return verdict, drift_report(sample, recent, report)
 
 def record_alarms(store, verdict: Verdict, version: str, cooldown_minutes: float) -> list[dict]:
-    "Store the verdict's alarms as alerts, except kinds already raised within the cooldown; the stored ones."
+    "Store the verdict's alarms as alerts (naming the rule and the inputs), except those raised within the cooldown for the same inputs; the stored ones."
     since = datetime.now(UTC) - timedelta(minutes=cooldown_minutes)
-    raised = {a["kind"] for a in store.list_alerts(limit=200) if a["created_at"] >= since}
-    return [store.add_alert(a.kind, a.message, {"model_version": version, "retrain": a.retrain})
-            for a in verdict.alarms if a.kind not in raised]
+    raised = {(a["kind"], tuple((a["details"] or {}).get("inputs", ()))) for a in store.list_alerts(limit=200) if a["created_at"] >= since}
+    return [store.add_alert(a.kind, a.message, {"model_version": version, "retrain": a.retrain, "inputs": list(a.inputs),
+                                                "holds_retraining": a.holds_retraining})
+            for a in verdict.alarms if (a.kind, tuple(a.inputs)) not in raised]
 
 # %% ../nbs/18_retraining.ipynb #d3cff911
 def stored_filter(config: dict, name: str = "train") -> list[dict]:

@@ -26,28 +26,61 @@ from .notebooks import run_training
 from .training import TrainingParams
 
 # %% auto #0
-__all__ = ['Change', 'YOUNG', 'SCENARIOS', 'unchanged', 'graduates_cross_the_line', 'occupation_not_sent',
-           'household_columns_shuffled', 'Scenario', 'wait_for_job', 'people', 'replay', 'scenario_settings',
-           'first_champion', 'summarise_scenario', 'run_scenario', 'timeline_plot', 'write_results']
+__all__ = ['Change', 'RENAMED', 'MERGED', 'YOUNG', 'SCENARIOS', 'unchanged', 'graduates_cross_the_line', 'occupation_not_sent',
+           'household_columns_shuffled', 'hours_per_day', 'renamed_sent_as_unknown', 'categories_merged',
+           'occupation_often_missing', 'older_each_batch', 'more_high_earners', 'Scenario', 'wait_for_job', 'people',
+           'replay', 'scenario_settings', 'first_champion', 'summarise_scenario', 'run_scenario', 'timeline_plot',
+           'write_results']
 
 # %% ../nbs/24_simulation.ipynb #a7abdd23
-Change = Callable[[pd.DataFrame, np.random.Generator], pd.DataFrame]
+Change = Callable[..., pd.DataFrame]        # (batch, rng, step=0) -> the batch as the service receives it, with its truth
 
-def unchanged(batch: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame: return batch
+def unchanged(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0) -> pd.DataFrame: return batch
 
-def graduates_cross_the_line(batch: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def graduates_cross_the_line(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0) -> pd.DataFrame:
     "Concept shift: half of the graduates (education_num >= 13) who earned 50K or less now earn more."
     moved = (batch["education_num"] >= 13) & (batch[TARGET] == 0) & (rng.random(len(batch)) < 0.5)
     return batch.assign(**{TARGET: np.where(moved, 1, batch[TARGET]).astype("int8")})
 
-def occupation_not_sent(batch: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def occupation_not_sent(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0) -> pd.DataFrame:
     "Broken producer: it lost the occupation, and sends it as null (unknown) in every request (a missing key would be refused)."
     return batch.assign(occupation=None)
 
-def household_columns_shuffled(batch: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+def household_columns_shuffled(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0) -> pd.DataFrame:
     "Broken join: relationship and marital status belong to other people of the batch."
     order = rng.permutation(len(batch))
     return batch.assign(relationship=batch["relationship"].to_numpy()[order], marital_status=batch["marital_status"].to_numpy()[order])
+
+def hours_per_day(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0) -> pd.DataFrame:
+    "Unit change inside the range: the producer sends hours per working day (a fifth of the week, at least 1) as hours per week."
+    return batch.assign(hours_per_week=np.maximum(1, (batch["hours_per_week"] / 5).round()).astype(batch["hours_per_week"].dtype))
+
+RENAMED = {"workclass": {"Self-emp-not-inc": "Self-employed"}}      # upstream's new names, which the API does not know
+
+def renamed_sent_as_unknown(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0) -> pd.DataFrame:
+    "Renamed upstream: the API would refuse the new names (422), so the client sends them as null (unknown)."
+    return batch.assign(**{c: batch[c].astype(object).where(~batch[c].isin(list(names)), None) for c, names in RENAMED.items()})
+
+MERGED = {"marital_status": {"Separated": "Divorced", "Widowed": "Divorced", "Married-spouse-absent": "Divorced"}}
+
+def categories_merged(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0) -> pd.DataFrame:
+    "Merged upstream into a name the API knows: the separated, widowed and absent-spouse people all arrive as divorced."
+    return batch.assign(**{c: batch[c].astype(object).replace(names) for c, names in MERGED.items()})
+
+def occupation_often_missing(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0) -> pd.DataFrame:
+    "A sudden rise of missing values: the form made occupation optional, and a third of the people leave it empty."
+    return batch.assign(occupation=batch["occupation"].astype(object).where(rng.random(len(batch)) >= 1 / 3, None))
+
+def older_each_batch(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0) -> pd.DataFrame:
+    "Gradual drift: each batch is drawn (with replacement) a little more towards older people, by exp(0.08 step z(age))."
+    z = (batch["age"] - 38.6) / 13.6                                           # the training file's mean and spread of age
+    return batch.sample(len(batch), replace=True, weights=np.exp(0.08 * step * z.to_numpy()), random_state=rng)
+
+def more_high_earners(batch: pd.DataFrame, rng: np.random.Generator, step: int = 0, share: float = 0.4) -> pd.DataFrame:
+    "Prior shift: the people are drawn (with replacement) so that `share` of them earn more than 50K (24% in the census)."
+    positive = batch[TARGET].to_numpy() == 1
+    weights = np.where(positive, share / max(positive.mean(), 1e-9), (1 - share) / max(1 - positive.mean(), 1e-9))
+    return batch.sample(len(batch), replace=True, weights=weights, random_state=rng)
 
 @dataclass(frozen=True)
 class Scenario:
@@ -58,6 +91,7 @@ class Scenario:
     train_filter: tuple[dict, ...] = ()     # the first champion's training rows: row-filter conditions, all of which must hold
     eval_filter: tuple[dict, ...] = ()      # and the population its held-out figures describe
     expected: str = "none"                  # the alarm kind we expect
+    watch: str | None = None                # gradual scenarios: the input whose PSI says when the drift became real
 
     @property
     def trained_on(self) -> str: return filter_text(self.train_filter) or "all training rows"
@@ -72,6 +106,13 @@ SCENARIOS = {s.name: s for s in [
     Scenario("missing_column", "occupation is sent as null (unknown) in every request", occupation_not_sent, expected="data_quality"),
     Scenario("scrambled_columns", "relationship and marital status shuffled between people", household_columns_shuffled,
              expected="performance"),
+    Scenario("unit_change", "hours per week sent as hours per day (still inside 1 to 99)", hours_per_day, expected="input_drift"),
+    Scenario("categories_renamed", "workclass Self-emp-not-inc renamed upstream; the client sends the unknown name as null",
+             renamed_sent_as_unknown, expected="input_drift"),
+    Scenario("categories_merged", "separated, widowed and absent-spouse people sent as divorced", categories_merged, expected="drift"),
+    Scenario("missing_rise", "a third of the people leave occupation empty", occupation_often_missing, expected="data_quality"),
+    Scenario("gradual_drift", "each batch a little older than the one before", older_each_batch, expected="drift", watch="age"),
+    Scenario("prior_shift", "40% of the people asked earn more than 50K (24% before)", more_high_earners, expected="positive_share"),
 ]}
 
 # %% ../nbs/24_simulation.ipynb #f8214ac8
@@ -110,7 +151,7 @@ def replay(client: ApiClient, stream: pd.DataFrame, scenario: Scenario, batch_ro
     batches = [stream.iloc[i:i + batch_rows] for i in range(0, len(stream), batch_rows)]
     for i, batch in enumerate(batches + [None] * label_delay):                  # the last labels arrive after the last batch
         if batch is not None:
-            changed = scenario.change(batch, rng)
+            changed = scenario.change(batch, rng, step=i)
             answers = client.predict_many(people(changed))
             answered.append(pd.DataFrame({"id": [a["prediction_id"] for a in answers], "version": [a["model_version"] for a in answers],
                                           "probability": [a["probability"] for a in answers], "truth": changed[TARGET].to_numpy()}))

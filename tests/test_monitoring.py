@@ -2,21 +2,26 @@
 the API under uvicorn in its own process (`incomeops.harness.api_server`), and replays of the held-out census through it.
 
 The retraining tests share one covariate-shift workspace (module-scoped) and run in file order: the drift alarm on the first
-500 rows, a retraining that crashes, one that promotes, one that must be refused."""
+500 rows, a retraining that crashes, one that promotes, one that must be refused.
+
+The alarm rules themselves (severe single-input drift, importance-weighted drift, score drift, the estimate's caveat) have
+fast tests at the end, on a synthetic population: no service, no training."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import REPO
-from incomeops.cleaning import TARGET, build_dataset
+from incomeops.cleaning import CATEGORICAL_INPUTS, MODEL_INPUTS, TARGET, build_dataset
 from incomeops.client import ApiClient
 from incomeops.config import Settings
 from incomeops.harness import api_server
-from incomeops.monitoring import split_test_file
+from incomeops.monitoring import check, reference_profile, split_test_file
 from incomeops.simulation import (
     SCENARIOS,
     first_champion,
@@ -100,8 +105,8 @@ def test_each_drift_scenario_raises_its_alarm_within_the_stated_rows(tmp_path, b
     else: assert summary["retrain_statuses"].startswith("succeeded"), summary   # a performance alarm retrains
 
 
-def test_covariate_shift_raises_drift_alarm_within_500_rows(covariate_shift):
-    w = covariate_shift
+def drift_alarm_within_500_rows(w: dict) -> None:
+    "Step 1: the first 500 shifted rows raise a drift alarm, all answered by the first champion."
     timeline, log = replay(w["client"], w["stream"].head(500), w["scenario"], batch_rows=500, label_delay=1)
     w["replayed"] = 500
     first = timeline.iloc[0]
@@ -110,8 +115,9 @@ def test_covariate_shift_raises_drift_alarm_within_500_rows(covariate_shift):
     assert set(log["version"].astype(str)) == {w["first_version"]}
 
 
-def test_crash_mid_retrain_leaves_champion_serving(covariate_shift):
-    w, client = covariate_shift, covariate_shift["client"]
+def crash_mid_retrain_leaves_champion_serving(w: dict) -> None:
+    "Step 2: a retraining that crashes after its final fit fails, raises an alert, and the champion keeps serving."
+    client = w["client"]
     w["flag"].touch()
     try: job = wait_for_job(client, client.request("POST", "/jobs/retrain")["id"])
     finally: w["flag"].unlink()
@@ -126,9 +132,9 @@ def test_crash_mid_retrain_leaves_champion_serving(covariate_shift):
     assert w["service"].proc.poll() is None and w["service"].proc.pid == w["pid"]
 
 
-def test_retrain_promotes_a_better_model_and_serves_it_without_restart(covariate_shift):
-    w, client = covariate_shift, covariate_shift["client"]
-    start = w["replayed"]
+def retrain_promotes_a_better_model_and_serves_it_without_restart(w: dict) -> None:
+    "Step 3: with 2,000 more labelled shifted rows, retraining beats the champion, is promoted and served by the same process."
+    client, start = w["client"], w["replayed"]
     replay(client, w["stream"].iloc[start:start + 2000], w["scenario"], batch_rows=500, label_delay=1)
     w["replayed"] = start + 2000
     before = served_version(client)
@@ -146,9 +152,9 @@ def test_retrain_promotes_a_better_model_and_serves_it_without_restart(covariate
     assert str(answer["model_version"]) == new
 
 
-def test_retrain_refuses_a_worse_model(covariate_shift):
-    w, client = covariate_shift, covariate_shift["client"]
-    start = w["replayed"]
+def retrain_refuses_a_worse_model(w: dict) -> None:
+    "Step 4: after 3,000 labels given the wrong way round, retraining produces a worse model, which the gate rejects."
+    client, start = w["client"], w["replayed"]
     garbage = w["stream"].iloc[start:start + 3000]
     w["replayed"] = start + len(garbage)
     for i in range(0, len(garbage), 1000):                     # every true income reported the wrong way round
@@ -162,3 +168,94 @@ def test_retrain_refuses_a_worse_model(covariate_shift):
     assert job["outcome"]["decision"] == "rejected", job["outcome"]
     assert served_version(client) == before
     assert w["service"].proc.poll() is None and w["service"].proc.pid == w["pid"]
+
+
+def test_covariate_shift_alarm_then_a_crashed_a_promoted_and_a_refused_retraining(covariate_shift):
+    """One story on one service, in its order (each step starts from the state the one before left, so they are one test,
+    not four that would depend on their order): drift alarm, crash mid-retrain, promotion, refusal."""
+    drift_alarm_within_500_rows(covariate_shift)
+    crash_mid_retrain_leaves_champion_serving(covariate_shift)
+    retrain_promotes_a_better_model_and_serves_it_without_restart(covariate_shift)
+    retrain_refuses_a_worse_model(covariate_shift)
+
+
+# Fast tests of the alarm rules (16_monitoring), on a synthetic population: no service, no training.
+
+IMPORTANCE = {"age": 0.4, "education_num": 0.3, "hours_per_week": 0.2, "capital_gain": 0.07, "race": 0.01, "sex": 0.01,
+              "native_country": 0.01}                      # the model leans on age; race, sex and country count for 1% each
+CHAMPION = {"version": "1", "threshold": 0.5, "test": {"roc_auc": 0.9, "accuracy": 0.85}}
+
+
+def population(n: int, seed: int) -> pd.DataFrame:
+    "People with the twelve model inputs, and the scores of a model that reads age, education and hours only."
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"age": rng.integers(17, 90, n), "education_num": rng.integers(1, 17, n),
+                          "capital_gain": np.where(rng.random(n) < 0.08, rng.integers(1, 99_999, n), 0),
+                          "capital_loss": np.where(rng.random(n) < 0.05, rng.integers(1, 4_000, n), 0),
+                          "hours_per_week": rng.integers(1, 99, n)})
+    for c in CATEGORICAL_INPUTS: frame[c] = rng.choice(["a", "b", "c", "d"], n, p=[0.4, 0.3, 0.2, 0.1])
+    return with_scores(frame)
+
+
+def with_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    z = (frame["age"] - 50) / 15 + (frame["education_num"] - 9) / 4 + (frame["hours_per_week"] - 50) / 30
+    return frame.assign(probability=1 / (1 + np.exp(-z)))
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[dict, pd.DataFrame]:
+    people = population(20_000, seed=0)
+    return reference_profile(people[MODEL_INPUTS], people["probability"], importance=IMPORTANCE), population(2_000, seed=1)
+
+
+def kinds(verdict) -> list[str]: return [a.kind for a in verdict.alarms]
+
+
+def test_calm_window_raises_nothing_and_trusts_the_estimate(reference):
+    profile, window = reference
+    v = check(window, window.head(0), profile, CHAMPION)
+    assert v.alarms == [] and v.estimate_trusted and v.weights == "the champion's importance", v.alarms
+
+
+def test_one_important_input_far_beyond_threshold_alarms_alone_and_holds_retraining(reference):
+    profile, window = reference
+    moved = with_scores(window.assign(age=17 + (window["age"] - 17) // 4))  # a unit or mapping changed upstream, inside the range
+    v = check(moved, moved.head(0), profile, CHAMPION)
+    severe = next((a for a in v.alarms if a.kind == "input_drift"), None)
+    assert severe is not None, v.alarms
+    assert v.drift_share == pytest.approx(1 / 12)                         # the old count (2 of 12) stayed silent on this
+    assert severe.inputs == ["age"] and "age" in severe.message and severe.holds_retraining
+    assert not v.retrain                                                  # a defect upstream is fixed at its source, not learnt
+    assert not v.estimate_trusted and "age" in v.estimate_caveat
+
+
+def test_three_unimportant_inputs_slightly_drifted_raise_no_alarm(reference):
+    profile, window = reference
+    rng = np.random.default_rng(2)
+    nudged = window.copy()
+    for c in ["race", "sex", "native_country"]:
+        nudged[c] = np.where(rng.random(len(nudged)) < 0.2, "d", nudged[c])
+    v = check(nudged, nudged.head(0), profile, CHAMPION)
+    drift = {d["feature"]: d for d in v.drift}
+    assert all(drift[c]["drifted"] and drift[c]["psi"] < drift[c]["severe_psi"] for c in ["race", "sex", "native_country"]), drift
+    assert v.alarms == [], v.alarms                                       # 3 of 12 inputs, but 3% of the model's weight
+
+
+def test_the_same_three_inputs_alarm_with_equal_weights_from_an_old_run(reference):
+    profile, window = reference
+    old = {k: v for k, v in profile.items() if k != "importance"}          # a run from before importance was stored
+    rng = np.random.default_rng(2)
+    nudged = window.copy()
+    for c in ["race", "sex", "native_country"]:
+        nudged[c] = np.where(rng.random(len(nudged)) < 0.2, "d", nudged[c])
+    v = check(nudged, nudged.head(0), old, CHAMPION)
+    assert kinds(v) == ["drift"] and v.weights.startswith("equal weights"), v.alarms
+
+
+def test_scores_that_moved_raise_a_score_drift_alarm_of_their_own(reference):
+    profile, window = reference
+    shifted = window.assign(probability=np.clip(window["probability"] + 0.25, 0, 1))    # same inputs, other scores
+    v = check(shifted, shifted.head(0), profile, CHAMPION)
+    assert "score_drift" in kinds(v) and "positive_share" in kinds(v), v.alarms
+    assert not {"drift", "input_drift"} & set(kinds(v))
+    assert v.score_psi > v.score_psi_threshold
