@@ -267,7 +267,9 @@ def test_monitoring_job_judges_the_served_champion_on_its_own_answers(own_api):
     assert outcome["window_rows"] == 600 and outcome["labelled_rows"] == 20
     assert outcome["performance"] is None                                        # 20 labels are too few to judge
     kinds = {a["kind"] for a in outcome["alarms"]}
-    assert kinds == {"drift", "data_quality"}, outcome["alarms"]                 # one person asked 600 times
+    assert kinds == {"drift", "input_drift", "score_drift", "positive_share", "data_quality"}, outcome["alarms"]   # one person, 600 times:
+    severe = next(a for a in outcome["alarms"] if a["kind"] == "input_drift")   # every input stuck, so every answer the same
+    assert severe["inputs"], severe
     assert not outcome["retrain"] and outcome["retraining"] is None              # broken inputs are no reason to retrain
     summary = http.get("/monitoring/summary").json()
     assert {a["kind"] for a in summary["alerts"]} >= kinds
