@@ -75,6 +75,7 @@ async def library_error(request: Request, exc: IncomeOpsError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     if isinstance(exc, InvalidInput):
         problems = _problems(exc)
+        if request.url.path == "/predict" and (services := getattr(request.state, "services", None)): services.metrics.refused(problems)
         total = max(exc.total, len(problems))
         return problem_response(exc.status, invalid_request(problems, total), problems, total, headers)
     if exc.status == 503 and not isinstance(exc, LogUnavailable):

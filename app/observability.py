@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from incomeops.schema import Person
+
 access_log = logging.getLogger("incomeops.access")
 
+PERSON_FIELDS = frozenset(Person.model_fields)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -30,6 +34,8 @@ class Metrics:
         self.log_failures = Gauge("incomeops_prediction_log_write_failures", "Failed prediction-log writes (retried)", registry=r)
         self.feedback = Counter("incomeops_feedback", "Feedback labels by outcome", ["status"], registry=r)
         self.jobs = Counter("incomeops_jobs", "Jobs started by kind", ["kind"], registry=r)
+        self.refusals = Counter("incomeops_predict_refusals", "Prediction requests refused as invalid (422), by each input field their "
+                                "problems name ('(request)': the body as a whole; '(other)': a field the service does not know)", ["field"], registry=r)
 
     def serving(self, served) -> None:
         "Record which model is served (a `ServedModel`)."
@@ -42,11 +48,24 @@ class Metrics:
         if n_positive: self.predictions.labels(">50K").inc(n_positive)
         if n - n_positive: self.predictions.labels("<=50K").inc(n - n_positive)
 
+    def refused(self, problems: list[dict]) -> None:
+        """Count one refused prediction request for each field its `problems` name. A rise for one field (a category renamed
+        upstream, a unit changed) shows before monitoring can: refused people are never logged. The label is one of the
+        person's own fields, never a name the client sent, so a client cannot grow the metric without bound."""
+        for name in {_field_name(p["field"]) for p in problems}: self.refusals.labels(name).inc()
+
     def watch_log(self, plog) -> None:
         "Read the prediction log's queue depth, rows written and write failures at each scrape."
         self.log_queue.set_function(lambda: plog.depth)
         self.log_written.set_function(lambda: plog.written)
         self.log_failures.set_function(lambda: plog.failures)
+
+
+def _field_name(path: str) -> str:
+    "The person's field a problem's path names (`[3].age` -> `age`; education and its number -> `education`), or `(request)` / `(other)`."
+    if path == "(request)": return path
+    names = [n.replace("-", "_") for n in re.findall(r"[A-Za-z][A-Za-z_-]*", path)]
+    return next((n for n in names if n in PERSON_FIELDS), "(other)")
 
 
 def configure_logging(level: str = "INFO") -> None:

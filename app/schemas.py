@@ -151,7 +151,8 @@ class LiveMetrics(BaseModel):
 
 class Alert(BaseModel):
     id: int
-    kind: str = Field(description="drift, performance, data_quality, retrain_failed, promotion, ...")
+    kind: str = Field(description="The rule that fired: drift, input_drift, score_drift, positive_share, performance, data_quality, "
+                                  "retrain_failed, promotion, ...")
     message: str
     details: dict[str, Any]
     created_at: Moment
@@ -176,6 +177,30 @@ class HourVolume(BaseModel):
     count: int
 
 
+class RuleFired(BaseModel):
+    kind: str = Field(description="The rule: drift, input_drift, score_drift, positive_share, performance, data_quality")
+    inputs: list[str] = Field(description="The model inputs it names (empty for rules about the scores or the labels)")
+
+
+class CheckPoint(BaseModel):
+    "One monitoring check: when, on how many rows, which rules fired."
+    checked_at: Moment
+    window_rows: int | None = Field(description="Recent predictions checked")
+    labelled_rows: int | None = Field(description="How many of them had a true label")
+    rules: list[RuleFired]
+    retraining_started: bool
+
+
+class DriftPoint(BaseModel):
+    "One input at one check."
+    checked_at: Moment
+    feature: str = Field(description="The model input")
+    psi: float = Field(description="Population stability index of its recent values against the training data")
+    drifted: bool
+    weight: float | None = Field(description="Its share of the champion's importance, as the drift rule weighs it (null: not stored)")
+    rules: list[str] = Field(description="The rules that fired at this check naming this input")
+
+
 class MonitoringSummary(BaseModel):
     "Prediction volume, live performance, the last monitoring check, alerts and retrainings."
     predictions: int = Field(description="Predictions logged")
@@ -187,3 +212,6 @@ class MonitoringSummary(BaseModel):
     retraining: list[Retraining]
     alerts: list[Alert]
     volume: list[HourVolume] = Field(description="Predictions of the last 24 hours per hour and predicted label")
+    checks: list[CheckPoint] = Field(description="The last monitoring checks that succeeded (up to 20), oldest first")
+    drift_history: list[DriftPoint] = Field(description="Each input's drift at each of those checks, oldest first")
+    important_inputs: list[str] = Field(description="The inputs carrying more than an equal share of the champion's importance, heaviest first")

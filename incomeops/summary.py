@@ -14,7 +14,8 @@ from .config import Settings, get_settings
 from .evaluation import classification_metrics
 
 # %% auto #0
-__all__ = ['log', 'LABEL_NAMES', 'live_performance', 'summarise_predictions']
+__all__ = ['log', 'LABEL_NAMES', 'live_performance', 'drift_history', 'check_history', 'important_inputs',
+           'summarise_predictions']
 
 # %% ../nbs/20_summary.ipynb #c14852cb
 log = logging.getLogger(__name__)
@@ -30,10 +31,10 @@ def live_performance(store, served, window_rows: int = 2000) -> dict:
         if len(set(y.tolist())) == 2: out["metrics"], out["metrics_window_rows"] = classification_metrics(y, proba, served.threshold), len(y)
     return out
 
-def _last_check(store) -> dict | None:
-    "The outcome of the newest monitoring job that finished, with when it ran."
-    done = [j for j in store.list_jobs(limit=20, kind="monitor") if j["status"] == "succeeded"]
-    return {**done[0]["outcome"], "checked_at": done[0]["finished_at"].isoformat()} if done else None
+def _checks(store, limit: int = 20) -> list[dict]:
+    "The outcomes of the newest monitoring jobs that succeeded (among the last `limit`), newest first, with when each ran."
+    return [{**j["outcome"], "checked_at": j["finished_at"].isoformat()}
+            for j in store.list_jobs(limit=limit, kind="monitor") if j["status"] == "succeeded"]
 
 def _retraining_history(store, limit: int = 20) -> list[dict]:
     "Retraining jobs, newest first: when, why, status, and what came of them."
@@ -45,13 +46,42 @@ def _retraining_history(store, limit: int = 20) -> list[dict]:
                     "decision": o.get("decision"), "production_rows": o.get("production_rows"), "error": j["error"]})
     return out
 
+# %% ../nbs/20_summary.ipynb #3408a742
+def _rules_naming(alarms: list[dict], feature: str) -> list[str]:
+    "The rules among `alarms` that name `feature`."
+    return sorted({a["kind"] for a in alarms if feature in (a.get("inputs") or [])})
+
+def drift_history(checks: list[dict]) -> list[dict]:
+    "Per check (oldest first) and input: its PSI, whether it drifted, its weight in the model and the rules that fired naming it."
+    return [{"checked_at": c["checked_at"], "feature": d["feature"], "psi": d["psi"], "drifted": d["drifted"], "weight": d.get("weight"),
+             "rules": _rules_naming(c.get("alarms") or [], d["feature"])}
+            for c in reversed(checks) for d in c.get("drift") or []]
+
+def check_history(checks: list[dict]) -> list[dict]:
+    "Per check (oldest first): when, on how many rows, the rules that fired with the inputs they name, and whether a retraining started."
+    return [{"checked_at": c["checked_at"], "window_rows": c.get("window_rows"), "labelled_rows": c.get("labelled_rows"),
+             "rules": [{"kind": a["kind"], "inputs": a.get("inputs") or []} for a in c.get("alarms") or []],
+             "retraining_started": bool((c.get("retraining") or {}).get("started"))} for c in reversed(checks)]
+
+# %% ../nbs/20_summary.ipynb #df9891e8
+def important_inputs(check: dict | None) -> list[str]:
+    "The inputs of the check's drift table that carry more than an equal share of the model's weight, heaviest first."
+    drift = [d for d in (check or {}).get("drift") or [] if d.get("weight") is not None]
+    if not drift: return []
+    equal = 1 / len(drift)
+    return [d["feature"] for d in sorted(drift, key=lambda d: -d["weight"]) if d["weight"] > equal * 1.01]
+
+# %% ../nbs/20_summary.ipynb #fb961b11
 LABEL_NAMES = ("<=50K", ">50K")
 
-def summarise_predictions(store, served, settings: Settings | None = None, hours: int = 24) -> dict:
-    "For the monitoring page: `live_performance`, the last `hours` of predictions per hour and label, the last check, alerts, retrainings."
+def summarise_predictions(store, served, settings: Settings | None = None, hours: int = 24, checks: int = 20) -> dict:
+    "For the monitoring page: `live_performance`, the last `hours` per hour and label, the last `checks` checks with each input's drift, alerts, retrainings."
     s = settings or get_settings()
     out = live_performance(store, served, s.performance_window_rows)
-    out["last_check"], out["retraining"] = _last_check(store), _retraining_history(store)
+    recent = _checks(store, checks)
+    out["last_check"], out["retraining"] = (recent[0] if recent else None), _retraining_history(store)
+    out["checks"], out["drift_history"] = check_history(recent), drift_history(recent)
+    out["important_inputs"] = important_inputs(out["last_check"])
     out["alerts"] = [{**a, "created_at": a["created_at"].isoformat()} for a in store.list_alerts(limit=50)]
     out["volume"] = [{"hour": v["hour"].isoformat(), "label": LABEL_NAMES[v["label"]], "count": v["count"]}
                      for v in store.volume_by_hour(datetime.now(UTC) - timedelta(hours=hours))]

@@ -273,6 +273,9 @@ def test_monitoring_job_judges_the_served_champion_on_its_own_answers(own_api):
     assert not outcome["retrain"] and outcome["retraining"] is None              # broken inputs are no reason to retrain
     summary = http.get("/monitoring/summary").json()
     assert {a["kind"] for a in summary["alerts"]} >= kinds
+    assert {r["kind"] for r in summary["checks"][-1]["rules"]} == kinds                # the page's history names the rules that fired
+    assert {d["feature"] for d in summary["drift_history"]} == set(MODEL_INPUTS)
+    assert {d["feature"] for d in summary["drift_history"] if "input_drift" in d["rules"]} == set(severe["inputs"])
 
 
 def test_clean_shutdown_loses_no_logged_prediction(champion_project):

@@ -259,3 +259,41 @@ def test_scores_that_moved_raise_a_score_drift_alarm_of_their_own(reference):
     assert "score_drift" in kinds(v) and "positive_share" in kinds(v), v.alarms
     assert not {"drift", "input_drift"} & set(kinds(v))
     assert v.score_psi > v.score_psi_threshold
+
+
+def test_the_monitoring_page_names_the_rule_draws_each_inputs_drift_and_marks_the_important_ones(reference, tmp_path):
+    "Two real checks recorded as monitoring jobs, summarised as the API does, drawn by the page's own functions."
+    from streamlit.testing.v1 import AppTest
+
+    from incomeops.jobs import JobRunner
+    from incomeops.store import Store
+    from incomeops.summary import summarise_predictions
+    profile, window = reference
+    calm = check(window, window.head(0), profile, CHAMPION)
+    moved = with_scores(window.assign(age=17 + (window["age"] - 17) // 4))
+    broken = check(moved, moved.head(0), profile, CHAMPION)
+    store, settings = Store(f"sqlite:///{tmp_path}/service.db"), Settings(root=tmp_path)
+    runner = JobRunner(store, settings)
+    for verdict in (calm, broken):
+        runner.wait(runner.submit("monitor", {}, lambda *_, v=verdict: {**v.as_dict(), "retraining": {"started": False, "why": "held"}})["id"], 10)
+    summary = summarise_predictions(store, None, settings)
+    store.close()
+    assert summary["important_inputs"] == ["age", "education_num", "hours_per_week"]
+    assert [c["rules"] for c in summary["checks"]][0] == [] and {"kind": "input_drift", "inputs": ["age"]} in summary["checks"][1]["rules"]
+
+    def app(summary: dict):
+        import sys
+        sys.path.insert(0, summary.pop("repo"))
+        from pages.monitoring import show_check, show_history
+        show_check(summary["last_check"], summary["important_inputs"])
+        show_history(summary)
+
+    at = AppTest.from_function(app, args=({**summary, "repo": str(REPO)},), default_timeout=60).run()
+    assert not at.exception, at.exception
+    assert any("(rule: input_drift on age)" in e.value for e in at.error), [e.value for e in at.error]
+    inputs = at.multiselect(key="drift_inputs")
+    assert set(inputs.value) >= {"age", "education_num", "hours_per_week"}        # the important ones, and every one that drifted
+    assert "★ age" == inputs.format_func("age") and inputs.format_func("race") == "race"
+    table = at.dataframe[0].value
+    assert table["rules that fired"].tolist()[0].startswith("input_drift on age") and table["rules that fired"].tolist()[1] == "none"
+    assert any("not trusted" in str(m.proto.delta) for m in at.metric)

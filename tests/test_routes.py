@@ -196,6 +196,19 @@ def test_metrics_count_requests_by_route_and_predictions_by_label(serve, tiny):
     assert "incomeops_prediction_log_written 3.0" in text
 
 
+def test_metrics_count_refused_predictions_by_the_field_named_and_never_by_a_clients_key(serve):
+    service = serve()
+    renamed = {**P, "workclass": "Private-sector"}                       # a category renamed upstream
+    for body in (renamed, [P, renamed, renamed], {**P, "age": 12, "workclass": "x"}, {**P, "salary": 1}, [], [{**P, "x" * 60: 1}]):
+        assert service.http.post("/predict", json=body).status_code == 422
+    text = service.http.get("/metrics").text
+    assert 'incomeops_predict_refusals_total{field="workclass"} 3.0' in text    # per request, not per person
+    assert 'incomeops_predict_refusals_total{field="age"} 1.0' in text
+    assert 'incomeops_predict_refusals_total{field="(other)"} 2.0' in text     # unknown keys are not labels of their own
+    assert 'incomeops_predict_refusals_total{field="(request)"} 1.0' in text
+    assert "salary" not in text and "xxx" not in text
+
+
 # ----------------------------------------------------------------------------------------------- model
 def test_the_model_description_is_the_served_model_s(serve, tiny):
     answer = serve().http.get("/model").json()
@@ -509,7 +522,8 @@ def test_the_monitoring_summary_is_the_library_s_with_nothing_dropped(serve):
 
 def test_the_monitoring_summary_without_labels_has_no_metrics(serve):
     summary = serve(champions=[]).http.get("/monitoring/summary").json()
-    assert summary == {"predictions": 0, "labelled": 0, "model_version": None, "last_check": None, "retraining": [], "alerts": [], "volume": []}
+    assert summary == {"predictions": 0, "labelled": 0, "model_version": None, "last_check": None, "retraining": [], "alerts": [], "volume": [],
+                       "checks": [], "drift_history": [], "important_inputs": []}
 
 
 def test_the_drift_report_is_404_until_a_check_writes_one(serve):
