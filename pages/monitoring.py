@@ -48,9 +48,9 @@ def show_check(check: dict, important: list[str]) -> None:
                        help=f"95% interval {perf['accuracy_ci'][0]:.3f} to {perf['accuracy_ci'][1]:.3f}")
     else: cols[0].metric("Live ROC AUC", "-", help="Needs more predictions with a true label")
     if check.get("estimated_accuracy") is not None:
-        trusted = check.get("estimate_trusted") is not False
-        cols[2].metric("Expected accuracy (no labels)", f"{check['estimated_accuracy']:.3f}", None if trusted else "not trusted: inputs drifted",
-                       delta_color="off", help=check.get("estimate_caveat") or "What the model expects from its own confidence, if it is calibrated")
+        cols[2].metric("Expected accuracy (no labels)", f"{check['estimated_accuracy']:.3f}",
+                       help=check.get("estimate_caveat") or "What the model expects from its own confidence, if it is calibrated")
+        if check.get("estimate_trusted") is False: cols[2].caption("Not trusted: an input drifted, and this figure assumes the model is still calibrated.")
     if check.get("drift"): show_drift(check, important)
 
 
