@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, repeat
+from operator import attrgetter
 from typing import Annotated, Literal, get_args, get_origin
 
 import msgspec
@@ -234,7 +235,7 @@ def _people_read_at_once(body: bytes) -> People | None:
     "The batch in `body` validated while it is read, by column; None if anything in it needs the long way (`read_json`, `validated`)."
     try: rows = _read_rows(body)
     except (msgspec.DecodeError, msgspec.ValidationError): return None
-    columns = dict(zip(RULES, map(list, zip(*map(msgspec.structs.astuple, rows)))))
+    columns = {name: list(map(attrgetter(name), rows)) for name in RULES}      # by column: 2x a transpose of astuple's
     left_out = 0
     for name in _OPTIONAL:
         if n := columns[name].count(msgspec.UNSET):
