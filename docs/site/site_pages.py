@@ -11,6 +11,7 @@ Files are rewritten only when their content changes, so that an unchanged rebuil
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,14 +25,14 @@ STATIC, EXTRA = SRC / "_static", SRC / "_extra"
 MERMAID_VERSION = "11.12.1"
 MERMAID_LOCAL = "mermaid/mermaid.esm.min.mjs"          # relative to _static/
 
-# (file in reports/, title, what it is, the command that writes it)
+# (file in reports/, title, what it is, the command that writes it, in Markdown)
 REPORT_FILES = [
-    ("profile.html", "Data profile", "the ydata-profiling report of the clean training data", "make profile"),
-    ("exploration.html", "Exploration notebook, executed", "03_exploration as run by the profile job", "make profile"),
-    ("exploration_summary.md", "Exploration summary", "the findings the exploration asserts, in numbers", "make profile"),
-    ("champion/model_card.md", "Model card of the champion", "the promoted model: data, metrics, slices, limits", "make train"),
-    ("champion/slices.csv", "Results by group (slices)", "the champion's metrics per group", "make train"),
-    ("champion/leaderboard.csv", "Leaderboard of the model families", "every candidate's cross-validated score", "make train"),
+    ("profile.html", "Data profile", "the ydata-profiling report of the clean training data", "`make profile`"),
+    ("exploration.html", "Exploration notebook, executed", "03_exploration as run by the profile job", "`make profile`"),
+    ("exploration_summary.md", "Exploration summary", "the findings the exploration asserts, in numbers", "`make profile`"),
+    ("champion/model_card.md", "Model card of the champion", "the promoted model: data, metrics, slices, limits", "`make train`"),
+    ("champion/slices.csv", "Results by group (slices)", "the champion's metrics per group", "`make train`"),
+    ("champion/leaderboard.csv", "Leaderboard of the model families", "every candidate's cross-validated score", "`make train`"),
     ("monitoring/drift.html", "Drift report (Evidently)", "live traffic against the training data",
      "the monitoring job (`incomeops monitor` or `POST /jobs/monitor`)"),
     ("monitoring/scenarios.md", "Scenario table of the replay simulator", "each scenario's alarms", "`incomeops simulate`"),
@@ -85,8 +86,9 @@ def api_page() -> None:
 The service's OpenAPI {doc["openapi"]} document, as `create_app()` builds it: {{download}}`openapi.json <_extra/openapi.json>`.
 A running service also serves it at `/openapi.json`, with Swagger UI at `/docs`.
 
-```{{openapi}} _extra/openapi.json
-:examples:
+```{{eval-rst}}
+.. openapi:: _extra/openapi.json
+   :examples:
 ```
 """)
 
@@ -109,13 +111,23 @@ Each notebook's page shows the same documentation next to the code and its examp
 """)
 
 
-def copy_reports() -> list[str]:
-    "reports/ into the site's reports/ (as it is); the copied files, relative POSIX paths."
+def copy_reports() -> dict[str, bool]:
+    """reports/ into the site's reports/ (as it is), and what this build's run of the notebooks wrote (a minimal
+    profile, the exploration summary: see nbdev_cells.DOCS_REPORTS) where reports/ has nothing; relative POSIX path
+    of each copied file -> whether it comes from this build."""
     site = EXTRA / "reports"
     if site.exists(): shutil.rmtree(site)
-    if not REPORTS.is_dir(): return []
-    shutil.copytree(REPORTS, site, ignore=shutil.ignore_patterns("*.ipynb", "screenshots"))
-    return sorted(p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file())
+    site.mkdir(parents=True)
+    if REPORTS.is_dir(): shutil.copytree(REPORTS, site, ignore=shutil.ignore_patterns("*.ipynb", "screenshots"),
+                                         dirs_exist_ok=True)
+    made = {p.relative_to(site).as_posix(): False for p in site.rglob("*") if p.is_file()}
+    from nbdev_cells import DOCS_REPORTS
+    for f in (p for p in DOCS_REPORTS.rglob("*") if p.is_file()) if DOCS_REPORTS.is_dir() else []:
+        if (rel := f.relative_to(DOCS_REPORTS).as_posix()) not in made and not rel.endswith(".ipynb"):
+            (site / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, site / rel)
+            made[rel] = True
+    return dict(sorted(made.items()))
 
 
 def reports_page() -> None:
@@ -124,8 +136,10 @@ def reports_page() -> None:
              "`make all` produces the data and model reports; a fresh clone has none yet, and each entry below then "
              "names the command that writes it.", "", "## Data, model and monitoring", ""]
     for rel, title, what, cmd in REPORT_FILES:
-        if rel in files: lines.append(f'- <a href="reports/{rel}">{title}</a>: {what}')
-        else: lines.append(f"- {title}: not generated yet; {cmd if cmd.startswith('`') else f'`{cmd}`'} writes it")
+        if rel in files:
+            note = f" (from this build's run of the notebooks; {cmd} writes the job's own)" if files[rel] else ""
+            lines.append(f'- <a href="reports/{rel}">{title}</a>: {what}{note}')
+        else: lines.append(f"- {title}: not generated yet; {cmd} writes it")
     figures = [f for f in files if f.startswith("champion/") and f.endswith(".png")]
     lines += ["", "## Evaluation plots of the champion", ""]
     lines += [f'- <a href="reports/{f}">{PurePosixPath(f).stem.replace("_", " ")}</a>' for f in figures] or \
@@ -169,6 +183,9 @@ def vendor_mermaid() -> None:
 
 def assemble(app=None, config=None) -> None:
     "Everything _site/ needs before Sphinx reads it."
+    # the notebooks' kernels inherit this: typer's help goes to its captured output, not to rich's Jupyter display
+    # (nbs/21_cli.ipynb tests `--help`; nbdev-test runs it outside Jupyter, where rich prints to the terminal)
+    os.environ.setdefault("TYPER_USE_RICH", "0")
     SRC.mkdir(exist_ok=True)
     copy_sources()
     STATIC.mkdir(parents=True, exist_ok=True)
@@ -219,9 +236,15 @@ def add_toctree(app, docname: str, source: list[str]) -> None:
 MD_CODE = re.compile(r"(?<![`\w])`([^`\n]+)`(?!`)")
 
 
+def rst_line(line: str) -> str:
+    "A Markdown docstring line as reStructuredText: `code` as a literal, a bare | (as in |a - b|) escaped."
+    parts = MD_CODE.split(line)            # text, code, text, code, ...
+    return "".join(f"``{p}``\\ " if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
+
+
 def markdown_code_in_docstrings(app, what, name, obj, options, lines: list[str]) -> None:
-    "nbdev docstrings are Markdown: their `code` becomes reStructuredText literals (``code``) for autodoc."
-    lines[:] = [MD_CODE.sub(lambda m: f"``{m[1]}``\\ ", line) for line in lines]
+    "nbdev docstrings are Markdown: make them valid reStructuredText for autodoc, line by line."
+    lines[:] = [rst_line(line) for line in lines]
 
 
 def setup(app):
