@@ -233,10 +233,11 @@ def test_the_reports_page_links_each_report_or_names_the_command_that_makes_it(s
     body = article(SITE / "reports.html")
     text = plain(body)
     for rel, title, _, cmd in site_pages.REPORT_FILES:
-        if (REPO / "reports" / rel).is_file():
+        if (REPO / "reports" / rel).is_file() or (SITE / "reports" / rel).is_file():   # the job's or this build's
             assert f'href="reports/{rel}"' in body and (SITE / "reports" / rel).is_file(), f"{rel} is not linked"
         else:
-            assert f"{title}: not generated yet; {cmd.replace('`', '')} writes it" in text, f"no command for {rel}"
+            expected = f"{title}: not generated yet; {cmd.replace('`', '')} writes it"
+            assert expected.replace(" ", "") in text.replace(" ", ""), f"no command for {rel}"
     assert "Training runs" in text and "Monitoring" in text
 
 
@@ -299,7 +300,7 @@ def test_the_home_page_renders_in_a_browser_with_its_navigation(site, served_sit
     assert page.title().startswith(title)
     assert page.locator("article h1").first.inner_text().rstrip("#").strip() == title
     links = " ".join(page.locator("nav a").all_text_contents())
-    for name in ("Configuration", "HTTP API reference", "Library reference", "Architecture", "Reports"):
+    for name in ("Notebooks", "HTTP API reference", "Library reference", "Architecture (arc42)", "Reports"):
         assert name in links, f"the navigation has no link to {name}"
     SHOTS.mkdir(parents=True, exist_ok=True)
     shot = SHOTS / "docs_home.png"

@@ -45,12 +45,14 @@ nb_kernel_rgx_aliases = {".*": "incomeops"}
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "deflist", "attrs_inline"]
 myst_heading_anchors = 4
+myst_title_to_header = True                  # docs/*.md carry their title in the front matter
+smartquotes = False                          # text as written (quotes in code-like summaries stay straight)
 myst_fence_as_directive = ["mermaid"]        # ```mermaid blocks in docs/architecture.md are diagrams
 
 # --- library reference from docstrings and signatures
 autosummary_generate = True
 autosummary_ignore_module_all = False
-autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
 autodoc_typehints = "signature"
 
 # --- the HTML site: PyData theme, its search; nothing from another host (mermaid is vendored from npm)
@@ -58,7 +60,7 @@ html_theme = "pydata_sphinx_theme"
 html_title = project
 html_static_path = [str(site_pages.STATIC)]
 html_extra_path = [str(site_pages.EXTRA)]
-html_theme_options = {"navigation_with_keys": False, "show_toc_level": 2, "use_edit_page_button": False,
+html_theme_options = {"navigation_with_keys": False, "header_links_before_dropdown": 7, "show_toc_level": 2, "use_edit_page_button": False,
                       "navbar_end": ["theme-switcher"], "footer_start": ["copyright"], "footer_end": []}
 html_show_sourcelink = False
 mermaid_version = ""                          # never the CDN

@@ -31,9 +31,9 @@ class SiteShowDoc(BasicMarkdownRenderer):
         return re.sub(r'[{]target="_blank"[^}]*[}]', "", md)"""
 
 
-def tags_for(directives: dict[str, list[str]]) -> set[str]:
-    "The MyST-NB tags of a cell with these nbdev directives (name -> arguments)."
-    value = {k: " ".join(v).strip().lower() for k, v in directives.items()}
+def tags_for(directives: dict[str, str | list[str]]) -> set[str]:
+    "The MyST-NB tags of a cell with these nbdev directives (name -> its arguments, a string for Quarto's `key: value`)."
+    value = {k: (v if isinstance(v, str) else " ".join(v)).strip().lower() for k, v in directives.items()}
     tags = set()
     if {"hide", "default_exp", "exporti"} & value.keys() or value.get("include") == "false": tags.add("remove-cell")
     if value.get("echo") == "false": tags.add("remove-input")

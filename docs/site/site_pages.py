@@ -193,36 +193,38 @@ def assemble(app=None, config=None) -> None:
     api_page()
     reference_page()
     reports_page()
+    notebooks_page()
     vendor_mermaid()
 
 
 TOCTREE = """
 ```{toctree}
-:caption: Notebooks
-:hidden:
-:glob:
-
-nbs/[0-9]*
-```
-
-```{toctree}
-:caption: Guides
 :hidden:
 
+notebooks
 docs/architecture
 docs/form
 docs/monitoring-results
-```
-
-```{toctree}
-:caption: Reference
-:hidden:
-
 api
 reference
 reports
 ```
 """
+
+
+def notebooks_page() -> None:
+    write(SRC / "notebooks.md", """# Notebooks
+
+The notebooks in `nbs/` are the source of the library, its tests and its documentation (nbdev), in reading order.
+Each page shows the notebook as it ran for this build, with the documentation of every name it exports.
+
+```{toctree}
+:glob:
+:titlesonly:
+
+nbs/[0-9]*
+```
+""")
 
 
 def add_toctree(app, docname: str, source: list[str]) -> None:
