@@ -63,6 +63,7 @@ html_extra_path = [str(site_pages.EXTRA)]
 html_theme_options = {"navigation_with_keys": False, "header_links_before_dropdown": 7, "show_toc_level": 2, "use_edit_page_button": False,
                       "navbar_end": ["theme-switcher"], "footer_start": ["copyright"], "footer_end": []}
 html_show_sourcelink = False
+html_sidebars = {page: [] for page in ("index", "docs/*", "api", "reports")}   # pages without sub-pages
 mermaid_version = ""                          # never the CDN
 mermaid_use_local = site_pages.MERMAID_LOCAL
 mermaid_d3_zoom = False
