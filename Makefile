@@ -100,12 +100,16 @@ export: install  ## notebooks -> incomeops/ and README.md
 readme: install  ## README.md from nbs/index.ipynb
 	$(BIN)/python scripts/readme.py
 
-docs: data  ## the docs site in _docs/: notebooks executed, API reference, reports, architecture; fails on broken links
-	OMP_NUM_THREADS=1 $(BIN)/python scripts/build_docs.py --check-links $(DOCS_ARGS)
+DOCS_EXECUTE ?= cache
+DOCS_JOBS ?= 2
+docs: data  ## the docs site in _docs/ (Sphinx): notebooks executed (DOCS_EXECUTE=cache|force|off), API reference, reports, architecture; warnings and broken links fail
+	@mkdir -p _site
+	OMP_NUM_THREADS=1 DOCS_EXECUTE=$(DOCS_EXECUTE) $(BIN)/sphinx-build -b html -c docs/site -W --keep-going -n -q -j $(DOCS_JOBS) \
+		-d .docs-cache/doctrees $(DOCS_ARGS) _site _docs
 
 detection: data  ## detection power, offline: false alarms and rows to the first alarm per scenario and rule -> docs/monitoring-results.md, docs/simulation/detection.png
 	OMP_NUM_THREADS=1 $(BIN)/python -c "from incomeops.detection import main; main()"
 
 clean:  ## remove generated data, reports and caches (keeps .venv and .tools)
-	rm -rf data reports mlflow _proc _docs .docs-cache .pytest_cache .ruff_cache
+	rm -rf data reports mlflow _proc _site _docs jupyter_execute .docs-cache .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './.tools/*' -prune -exec rm -rf {} +
