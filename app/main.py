@@ -15,7 +15,7 @@ from app.limits import BodyLimitMiddleware
 from app.observability import Metrics, ObservabilityMiddleware, configure_logging
 from app.openapi import openapi_document
 from app.routes import ROUTERS
-from app.schemas import Feedback
+from app.schemas import Feedback, PeopleTable
 from app.services import Services, follow_champion, load_until_served, monitor_schedule
 from incomeops import __version__
 from incomeops.config import Settings, get_settings
@@ -24,7 +24,7 @@ from incomeops.training import TrainingParams
 
 log = logging.getLogger("incomeops.api")
 
-BODY_MODELS = (Person, Feedback, TrainingParams)     # bodies the routes read themselves (see app.openapi)
+BODY_MODELS = (Person, PeopleTable, Feedback, TrainingParams)     # bodies the routes read themselves (see app.openapi)
 DESCRIPTION = ("Predicts whether a person earns more than 50K USD a year (UCI Adult census data).\n\n"
                "Prediction, model, monitoring and metrics endpoints are open unless the service sets a prediction key; "
                "job and admin endpoints need the admin key in the `X-API-Key` header. Every error answer has the "

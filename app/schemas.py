@@ -33,7 +33,26 @@ def one_or_many(model: type[BaseModel]):
     return model | Annotated[list[model], Field(min_length=1, max_length=MAX_BATCH)]
 
 
-PeopleBody = one_or_many(Person)
+PersonField = Literal[tuple(Person.model_fields)]
+
+
+class Table(BaseModel):
+    "A batch as a table, in the order of `columns`."
+    model_config = ConfigDict(extra="forbid")
+    columns: list[PersonField] = Field(json_schema_extra={"uniqueItems": True},
+                                       description="Field names of `Person`, each once (the required ones among them); a field left out is null for everyone")
+    data: list[list[int | str | None]] = Field(min_length=1, max_length=MAX_BATCH,
+                                               description="One array of values per person, one value per column, each by the rules of its field")
+    index: list[Any] | None = Field(None, description="Ignored (pandas' `to_dict(orient='split')` writes it)")
+
+
+class PeopleTable(BaseModel):
+    "A batch as `mlflow models serve` takes it (`dataframe_split`): the field names once, then a row of values per person."
+    model_config = ConfigDict(extra="forbid")
+    dataframe_split: Table
+
+
+PeopleBody = one_or_many(Person) | PeopleTable
 FeedbackBody = one_or_many(Feedback)
 
 

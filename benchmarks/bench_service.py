@@ -17,7 +17,9 @@ on the same machine (the client's cost is in every figure, for both):
 
 Our API gets a person object (or an array of them) and answers each with a logged prediction (id, label, threshold,
 model name and version); mlflow gets `{"dataframe_split": ...}` (its most compact JSON input) with the 12 model inputs and
-answers with the two class probabilities. Request bodies are encoded once, before timing; answers are read, not parsed.
+answers with the two class probabilities. Our batch is timed twice: as an array of person objects (2.9 MiB), and as
+the very body mlflow gets (`/predict` takes mlflow's table too, 1.2 MiB). Request bodies are encoded once, before
+timing; answers are read, not parsed.
 
 Where the time goes, for ours: the API's own histogram of request durations (`/metrics`, measured inside the service from
 the first byte of the request to the last of the answer) against the round trip the client sees, and the batch again as a
@@ -64,6 +66,7 @@ class Target:
     singles: list[bytes]
     batch: bytes
     headers: dict
+    table: bytes | None = None        # ours: the same batch as mlflow's `dataframe_split` table, which /predict also takes
 
 
 def our_api(settings: Settings, log_dir: Path) -> Server:
@@ -92,7 +95,7 @@ def targets(settings: Settings, logs: Path, bodies: list[dict]) -> tuple[Target,
     "Ours and mlflow's, each with the same people encoded its way (not started yet)."
     key = prediction_key(settings)
     ours = Target("IncomeOps API", our_api(settings, logs), "/predict", [json.dumps(b).encode() for b in bodies],
-                  json.dumps(bodies[:BATCH_ROWS]).encode(), {**JSON, **({"X-API-Key": key} if key else {})})
+                  json.dumps(bodies[:BATCH_ROWS]).encode(), {**JSON, **({"X-API-Key": key} if key else {})}, mlflow_body(bodies[:BATCH_ROWS]))
     theirs = Target("mlflow models serve", mlflow_server(settings, log_file=logs / "mlflow.log"), "/invocations",
                     [mlflow_body([b]) for b in bodies], mlflow_body(bodies[:BATCH_ROWS]), JSON)
     return ours, theirs
@@ -158,7 +161,7 @@ def log_backlog(t: Target) -> float:
     return metrics(t)["incomeops_prediction_log_queue_depth"][()]
 
 
-def batch_seconds(t: Target, repeats: int, params: dict | None = None, drain: bool = False) -> tuple[list[float], list[float]]:
+def batch_seconds(t: Target, repeats: int, params: dict | None = None, drain: bool = False, body: bytes | None = None) -> tuple[list[float], list[float]]:
     """Round-trip seconds of the batch request, `repeats` times after a warm-up; with `drain`, each is sent once the
     prediction log has written everything before it to its database, and the seconds that took after each answer."""
     def drained() -> float:
@@ -166,12 +169,12 @@ def batch_seconds(t: Target, repeats: int, params: dict | None = None, drain: bo
         if drain: wait_until(lambda: log_backlog(t) == 0, 300, "the prediction log writing the batch to its database", 0.02)
         return time.perf_counter() - answered_at
     with httpx.Client(base_url=t.server.url, headers=t.headers, timeout=120) as http:
-        answered(http.post(t.path, content=t.batch, params=params), t.name)
+        answered(http.post(t.path, content=body or t.batch, params=params), t.name)
         drained()
         times, drains = [], []
         for _ in range(repeats):
             start = time.perf_counter()
-            answered(http.post(t.path, content=t.batch, params=params), t.name)
+            answered(http.post(t.path, content=body or t.batch, params=params), t.name)
             times.append(time.perf_counter() - start)
             drains.append(drained())
     return times, drains
@@ -205,6 +208,8 @@ def batch_phase(t: Target, args, ours: bool) -> dict:
         (times, drains), r["batch_server_s"] = timed_by_server(t, lambda: batch_seconds(t, args.batches, drain=True))
         r["batch_unlogged_s"] = statistics.median(batch_seconds(t, args.batches, {"log": "false"})[0])
         r["drain_s"] = statistics.median(drains)
+        r["table_s"] = statistics.median(batch_seconds(t, args.batches, drain=True, body=t.table)[0])
+        r["table_rows_s"] = BATCH_ROWS / r["table_s"]
     else: times, _ = batch_seconds(t, args.batches)
     return {**r, "batch_s": statistics.median(times), "batch_rows_s": BATCH_ROWS / statistics.median(times)}
 
@@ -233,16 +238,22 @@ def report(ours: dict, theirs: dict, args) -> None:
             ("  p90 / p99, ms", None, None, None, ""),
             (f"single-record throughput at {args.concurrency}, req/s", "req_s", "{:,.0f}", higher, f">= {GOALS['throughput_ratio']}x"),
             (f"batch of {BATCH_ROWS:,}, rows/s (p50 of {args.batches})", "batch_rows_s", "{:,.0f}", higher,
-             f">= {GOALS['batch_rows_s']:,} and >= {GOALS['batch_ratio']}x")]
+             f">= {GOALS['batch_rows_s']:,} and >= {GOALS['batch_ratio']}x"),
+            ("  the same batch, both sent mlflow's table", "table_rows_s", "{:,.0f}", None, "the same")]
     print(f"\n{'':44}{'IncomeOps':>12}{'mlflow':>12}   {'ours / mlflow':<24}goal")
     for label, key, fmt, ratio, goal in rows:
         if key is None:
             print(f"{label:44}{ours['p90_ms']:>6.2f} /{ours['p99_ms']:>5.1f}{theirs['p90_ms']:>6.1f} /{theirs['p99_ms']:>5.1f}")
             continue
+        if key == "table_rows_s":                 # ours given mlflow's own body, against mlflow given it (its batch figure)
+            print(f"{label:44}{fmt.format(ours[key]):>12}{fmt.format(theirs['batch_rows_s']):>12}   "
+                  f"{ours[key] / theirs['batch_rows_s']:.1f}x{'':<20}{goal}")
+            continue
         print(f"{label:44}{fmt.format(ours[key]):>12}{fmt.format(theirs[key]):>12}   {ratio(key):<24}{goal}")
     met = {"single latency": theirs["p50_ms"] / ours["p50_ms"] >= GOALS["latency_ratio"],
            "single throughput": ours["req_s"] / theirs["req_s"] >= GOALS["throughput_ratio"],
-           "batch rows/s": ours["batch_rows_s"] >= GOALS["batch_rows_s"] and ours["batch_rows_s"] / theirs["batch_rows_s"] >= GOALS["batch_ratio"]}
+           "batch rows/s (array)": ours["batch_rows_s"] >= GOALS["batch_rows_s"] and ours["batch_rows_s"] / theirs["batch_rows_s"] >= GOALS["batch_ratio"],
+           "batch rows/s (the same table)": ours["table_rows_s"] >= GOALS["batch_rows_s"] and ours["table_rows_s"] / theirs["batch_rows_s"] >= GOALS["batch_ratio"]}
     print("goals: " + "; ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()))
     print("\nwhere the time goes (ours; server = the API's own request histogram, round trip = what the client saw):")
     print(f"  one person: mean round trip {ours['mean_ms']:.2f} ms, of which in the server {ours['single_server_ms']:.2f} ms (mean); "

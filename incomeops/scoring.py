@@ -7,6 +7,7 @@ Docs: https://incomeops.github.io/incomeops/scoring.html.md"""
 # %% ../nbs/15_scoring.ipynb #923497e5
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -30,8 +31,8 @@ from .schema import MAX_BATCH, UNKNOWN_MARK, Person, shown_name, validation_prob
 from .store import ColumnRows, LogBatch
 
 # %% auto #0
-__all__ = ['LABELS', 'PROBLEMS_KEPT', 'RULES', 'standard_json', 'read_json', 'invalid_people', 'People', 'validated',
-           'read_people', 'prediction_ids', 'Scored', 'score_people', 'score', 'score_body']
+__all__ = ['LABELS', 'PROBLEMS_KEPT', 'RULES', 'SPLIT_KEY', 'standard_json', 'read_json', 'invalid_people', 'People',
+           'split_rows', 'validated', 'read_people', 'prediction_ids', 'Scored', 'score_people', 'score', 'score_body']
 
 # %% ../nbs/15_scoring.ipynb #27786d1e
 class _DuplicateKey(ValueError):
@@ -181,6 +182,24 @@ def _checked_columns(rows: list[dict]) -> tuple[dict[str, list], set, set]:
     _complete_education(columns, slow, changed)
     return columns, slow, changed
 
+# %% ../nbs/15_scoring.ipynb #33c86c61
+SPLIT_KEY = "dataframe_split"
+_SPLIT_KEYS = {"columns", "data", "index"}
+
+def split_rows(split) -> list[dict]:
+    "The people of a `dataframe_split` table, one dict per row; `InvalidInput` naming what makes it no such table."
+    if not isinstance(split, dict) or not {"columns", "data"} <= set(split) <= _SPLIT_KEYS:
+        raise _whole_body('dataframe_split must be an object with "columns" (field names) and "data" (an array of values per person)')
+    columns, data = split["columns"], split["data"]
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns) or len(set(columns)) != len(columns):
+        raise _whole_body("dataframe_split.columns must be an array of distinct field names")
+    if not isinstance(data, list) or not all(isinstance(r, list) for r in data):
+        raise _whole_body("dataframe_split.data must be an array of arrays, one per person")
+    if not isinstance(split.get("index"), list | None): raise _whole_body("dataframe_split.index must be an array (it is ignored) or null")
+    if (short := next((i for i, r in enumerate(data) if len(r) != len(columns)), None)) is not None:
+        raise InvalidInput(problems=[{"field": f"[{short}]", "problem": f"has {len(data[short])} values for {len(columns)} columns"}])
+    return [dict(zip(columns, r)) for r in data]
+
 # %% ../nbs/15_scoring.ipynb #bbd1c225
 def _by_person(data: list, rows: list[int], features: list[dict], columns: dict[str, list]) -> None:
     "Validate `data`'s `rows` with `Person` itself, writing their fields into `features` and `columns`; pydantic's errors as `InvalidInput`."
@@ -209,7 +228,8 @@ def _validated_batch(data: list, copy: bool) -> People:
     return People(features, columns, True)
 
 def validated(data, copy: bool = True) -> People:
-    "The people of a parsed JSON body (one person, or a batch), validated; `InvalidInput` names what is wrong. `copy=False`: `data` is given away (a body just read), so its complete people are kept as they are."
+    "The people of a parsed JSON body (one person, a batch, or a `dataframe_split` table), validated; `InvalidInput` names what is wrong. `copy=False`: `data` is given away (a body just read), so its complete people are kept as they are."
+    if isinstance(data, dict) and len(data) == 1 and SPLIT_KEY in data: data = split_rows(data[SPLIT_KEY])   # mlflow's table (below)
     if isinstance(data, dict):
         try: fields = Person.model_validate(data).model_dump()
         except ValidationError as e: raise invalid_people(e, batch=False) from None
@@ -246,9 +266,40 @@ def _people_read_at_once(body: bytes) -> People | None:
     _complete_education(columns, slow, changed)
     return None if slow else People(ColumnRows(columns), columns, True)
 
+# %% ../nbs/15_scoring.ipynb #e03d553d
+_SplitTable = msgspec.defstruct("SplitTable", [("columns", list[str]), ("data", msgspec.Raw), ("index", list | None | msgspec.UnsetType, msgspec.UNSET)],
+                                forbid_unknown_fields=True)
+_read_split = msgspec.json.Decoder(msgspec.defstruct("Split", [(SPLIT_KEY, _SplitTable)], forbid_unknown_fields=True)).decode
+_REQUIRED = {name for name, rule in RULES.items() if rule[3]}
+
+@functools.lru_cache(maxsize=16)                  # bounded: a client's column orders are input too
+def _rows_reader(columns: tuple[str, ...]):
+    "A decoder of `data` in this column order (arrays typed by `RULES`, every column given); None for columns `Person` would refuse."
+    if len(set(columns)) != len(columns) or not _REQUIRED <= set(columns) <= set(RULES): return None
+    row = msgspec.defstruct("SplitRow", [(n, _struct_field(n, RULES[n])[1]) for n in columns], array_like=True)
+    return msgspec.json.Decoder(Annotated[list[row], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]).decode
+
+def _split_read_at_once(body: bytes) -> People | None:
+    "The `dataframe_split` table in `body` validated while it is read; None if anything in it needs the long way."
+    try:
+        table = getattr(_read_split(body), SPLIT_KEY)
+        read_rows = _rows_reader(tuple(table.columns))
+        rows = read_rows(table.data) if read_rows else None
+    except (msgspec.DecodeError, msgspec.ValidationError): return None
+    if rows is None or body.count(b":") != 3 + (table.index is not msgspec.UNSET): return None    # a key given twice
+    given = {name: list(map(attrgetter(name), rows)) for name in table.columns}
+    columns = {name: given.get(name) or [None] * len(rows) for name in RULES}
+    slow, changed = set(), set()
+    _complete_education(columns, slow, changed)
+    return None if slow else People(ColumnRows(columns), columns, True)
+
+# %% ../nbs/15_scoring.ipynb #6946e7e9
+_AN_OBJECT = re.compile(rb"\s*\{")
+
 def read_people(body: bytes) -> People:
     "The people of a request body, read and validated: a batch in one pass when it can be, else `read_json` (a `ValueError` in words) then `validated`."
     people = _people_read_at_once(body)
+    if people is None and _AN_OBJECT.match(body): people = _split_read_at_once(body)
     return people if people is not None else validated(read_json(body), copy=False)
 
 # %% ../nbs/15_scoring.ipynb #f45d17e9

@@ -196,6 +196,36 @@ def test_metrics_count_requests_by_route_and_predictions_by_label(serve, tiny):
     assert "incomeops_prediction_log_written 3.0" in text
 
 
+
+def test_mlflows_dataframe_split_table_is_a_batch_answered_and_logged_as_the_array_is(serve):
+    service = serve()
+    people = [P, {**P, "age": 60, "capital_gain": 15_000}, {**P, "education": None, "education_num": 16}]
+    columns = [c for c in P if c != "education"] + ["education"]
+    table = {"dataframe_split": {"columns": columns, "data": [[p.get(c) for c in columns] for p in people], "index": [0, 1, 2]}}
+    as_table, as_array = service.http.post("/predict", json=table), service.http.post("/predict", json=people)
+    assert as_table.status_code == 200 and [a["probability"] for a in as_table.json()] == [a["probability"] for a in as_array.json()]
+    assert service.parts.predictions.sync(timeout=30)
+    logged = service.parts.store.predictions()
+    assert set(a["prediction_id"] for a in as_table.json()) <= set(logged["prediction_id"])     # answered means logged
+    one_row = {"dataframe_split": {"columns": columns, "data": [[P.get(c) for c in columns]]}}
+    assert isinstance(service.http.post("/predict", json=one_row).json(), list)                  # a table is a batch, even of one
+
+
+def test_a_table_that_is_not_one_or_has_a_bad_row_is_named_and_nothing_is_logged(serve):
+    service = serve()
+    columns = list(P)
+    row = [P[c] for c in columns]
+    cases = [({"columns": columns, "data": [row, row[:-1]]}, "[1]", "has 12 values for 13 columns"),
+             ({"columns": columns, "data": [row, [*row[:-1], "Atlantis"]]}, "[1].native_country", "is not one of"),
+             ({"columns": [*columns[:-1], "age"], "data": [row]}, "(request)", "distinct field names"),
+             ({"columns": columns, "rows": [row]}, "(request)", 'with "columns"'),
+             ({"columns": columns, "data": []}, "(request)", "the list is empty")]
+    for table, field, words in cases:
+        body = error_body(service.http.post("/predict", json={"dataframe_split": table}), 422)
+        assert body["errors"][0]["field"] == field and words in body["errors"][0]["problem"], body
+        assert "Atlantis" not in json.dumps(body)                                                # named, never echoed
+    assert service.parts.predictions.sync(timeout=30) and len(service.parts.store.predictions()) == 0
+
 def test_metrics_count_refused_predictions_by_the_field_named_and_never_by_a_clients_key(serve):
     service = serve()
     renamed = {**P, "workclass": "Private-sector"}                       # a category renamed upstream

@@ -1,4 +1,5 @@
-"""Predictions: one person (an object) or a batch (an array), scored by the library and acknowledged once logged."""
+"""Predictions: one person (an object), a batch (an array, or mlflow's `dataframe_split` table), scored by the library and
+acknowledged once logged."""
 from __future__ import annotations
 
 import asyncio
@@ -23,6 +24,7 @@ router = APIRouter(tags=["predictions"], dependencies=[Depends(client_key)])
 INVALID_PEOPLE = answer(422, "A person breaks a rule of `Person`, or the list is empty or too long; `errors` names each field. "
                              "Besides what the schema says: each person needs `education` or `education_num` (or both), and "
                              "if both are given, `education_num` must be the rank of `education`")
+TABLE_EXAMPLE = {"dataframe_split": {"columns": list(EXAMPLE_PERSON), "data": [list(EXAMPLE_PERSON.values())] * 2}}
 WHAT_IF = Query(description="false: a what-if, not a real person's prediction (not logged, so not monitored; its id accepts no feedback)")
 
 
@@ -50,9 +52,9 @@ def answered(body: bytes, services: Services, log: bool) -> tuple[Scored, bytes,
     return scored, scored.body(), stored
 
 
-@router.post("/predict", summary="Predict for one person (object) or many (array)", response_model=Prediction | list[Prediction],
+@router.post("/predict", summary="Predict for one person (object) or many (array, or mlflow's dataframe_split table)", response_model=Prediction | list[Prediction],
              responses={**BAD_BODY, **INVALID_PEOPLE, **CLIENT_KEY, **UNAVAILABLE},
-             openapi_extra=request_body(PeopleBody, examples={"one": EXAMPLE_PERSON, "batch": [EXAMPLE_PERSON, EXAMPLE_PERSON]}))
+             openapi_extra=request_body(PeopleBody, examples={"one": EXAMPLE_PERSON, "batch": [EXAMPLE_PERSON, EXAMPLE_PERSON], "table": TABLE_EXAMPLE}))
 async def predict(body: JsonBytesDep, services: ServicesDep, log: Annotated[bool, WHAT_IF] = True) -> Response:
     scored, answer, stored = await body.apply(answered, services, log)    # in one worker thread when the body is large
     if stored is not None: await acknowledged(services, stored)
