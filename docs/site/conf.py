@@ -34,6 +34,9 @@ nitpicky = True
 nitpick_ignore_regex = [(r"py:.*", r".*")]
 
 # --- notebooks (MyST-NB): nbdev's directives as cell tags, executed through jupyter-cache
+# the kernels draw plots into the page whatever the caller's environment says (importing streamlit, as the test suite
+# does, sets MPLBACKEND=Agg, and the kernels inherit it: no figure would reach a page)
+os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
 nb_custom_formats = {".ipynb": "nbdev_cells.read"}
 nb_execution_mode = os.environ.get("DOCS_EXECUTE", "cache")
 nb_execution_cache_path = str(ROOT / ".docs-cache" / "jupyter")
