@@ -737,7 +737,8 @@ def _batch_from(t: tuple) -> LogBatch:
     return LogBatch(ids, datetime.fromisoformat(when), version, probabilities, labels, features)
 
 def read_journal(path: Path) -> tuple[list[LogBatch], int]:
-    "The batches journaled in `path`, and how many bytes at its end were dropped: a torn last record (or a damaged one, and all after it)."
+    """The batches journaled in `path`, and how many bytes at its end were dropped: a torn last record (or a damaged one, and
+    all after it), not counting the zeros of the file's unused reserved space."""
     data, at, batches = Path(path).read_bytes(), 0, []
     while len(data) - at >= _HEADER.size:
         magic, n, crc = _HEADER.unpack_from(data, at)
@@ -749,7 +750,7 @@ def read_journal(path: Path) -> tuple[list[LogBatch], int]:
         try: batches.extend(_batch_from(t) for t in marshal.loads(payload))
         except (EOFError, ValueError, TypeError): break
         at += _HEADER.size + n
-    return batches, len(data) - at
+    return batches, len(data[at:].rstrip(b"\0"))
 
 # %% ../nbs/14_store.ipynb #48a76a28
 class _Segment:
@@ -760,7 +761,7 @@ class _Segment:
 
 def _locked(path: Path, create: bool = False) -> int | None:
     "A descriptor of `path` under an exclusive `flock`, or None if a live process holds it (or it was replayed and removed meanwhile)."
-    try: fd = os.open(path, os.O_RDWR | os.O_APPEND | ((os.O_CREAT | os.O_EXCL) if create else 0), 0o600)
+    try: fd = os.open(path, os.O_RDWR | ((os.O_CREAT | os.O_EXCL) if create else 0), 0o600)
     except FileNotFoundError: return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -769,10 +770,19 @@ def _locked(path: Path, create: bool = False) -> int | None:
     os.close(fd)
     return None
 
-def _write_all(fd: int, data: bytes) -> None:
-    "Write all of `data` to `fd` (a write may take only part of it)."
+def _write_all(fd: int, data: bytes, at: int | None = None) -> None:
+    "Write all of `data` to `fd`, at its offset `at` or where it stands (a write may take only part of it)."
     view = memoryview(data)
-    while view: view = view[os.write(fd, view):]
+    while view:
+        n = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
+        view, at = view[n:], None if at is None else at + n
+
+def _reserve(fd: int, size: int, sync: bool) -> None:
+    """Allocate `size` bytes (zeros) to a new journal file, its size flushed (`sync`). Writing within them changes no file
+    size, so the flush of each write has data to flush and no metadata. Where the file system cannot allocate, writes grow the file."""
+    try: os.posix_fallocate(fd, 0, size)
+    except OSError: return
+    if sync: os.fsync(fd)
 
 def _sync_folder(folder: Path) -> None:
     "Flush `folder`'s entries to disk, so that a file just created survives a power cut."
@@ -793,8 +803,9 @@ def _claim_folder(folder: Path, database: str) -> None:
 
 class _Journal:
     "The journal folder of one database: this process's files, the ones stopped processes left, and the dead letters."
-    def __init__(self, folder: Path, database: str, fsync: bool = True):
+    def __init__(self, folder: Path, database: str, fsync: bool = True, reserve: int = 0):
         self.fsync = fsync                                            # False: the page cache is enough (survives a kill, not a power cut)
+        self.reserve = reserve                                        # bytes allocated to each new file (see `_reserve`)
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             _claim_folder(folder, database)
@@ -804,10 +815,11 @@ class _Journal:
         except OSError as e: raise StoreError(f"cannot use the journal folder {folder}: {e.strerror or e}") from e
 
     def new_segment(self) -> _Segment:
-        "A new journal file of ours, locked, its name flushed to disk."
+        "A new journal file of ours, locked, `reserve` bytes allocated to it, its name flushed to disk."
         self._seq += 1
         path = self.folder / f"{self._prefix}{self._seq:06d}{JOURNAL_SUFFIX}"
         seg = _Segment(path, _locked(path, create=True))
+        if self.reserve: _reserve(seg.fd, self.reserve, self.fsync)
         _sync_folder(self.folder)
         self.open.add(seg)
         return seg
@@ -815,7 +827,7 @@ class _Journal:
     def write(self, seg: _Segment, data: bytes) -> None:
         "Append whole records `data` to `seg` and flush them to disk; on failure, cut what was written so that no torn record is left."
         try:
-            _write_all(seg.fd, data)
+            _write_all(seg.fd, data, seg.size)
             if self.fsync: os.fdatasync(seg.fd)
         except OSError:
             with suppress(OSError): os.ftruncate(seg.fd, seg.size)
@@ -903,7 +915,11 @@ class PredictionLog:
         self.fsync, self._journal = fsync, None      # fsync False: acknowledged once in the page cache (see `log_journal_fsync`)
         self._to_journal: list[tuple[bytes, list[LogBatch], int, Future]] = []   # submitted: record, batches, rows, future
         self._to_drain: deque[tuple[list[LogBatch], _Segment, int]] = deque()    # journaled: batches, their file, rows
-        self._cond = threading.Condition()   # guards all of the above and below; wakes the threads, `sync` and `flush`
+        lock = threading.RLock()             # guards all of the above and below, with three conditions, so that each wake is for one:
+        self._cond = threading.Condition(lock)             # rows settled: `sync`, `flush`
+        self._journal_wake = threading.Condition(lock)     # rows submitted: the journal thread
+        self._drain_wake = threading.Condition(lock)       # rows journaled, a caller waiting, or closing: the drain thread
+        self._to_drain_rows, self._lingering = 0, False    # rows in `_to_drain`; whether the drain waits for more before writing
         self._submitted = self._settled = 0  # rows accepted so far; rows settled (in the database, dead-lettered, or never journaled)
         self._waiting = 0                    # callers of `sync` or `flush` waiting: the drain does not linger for them
         self.written = self.failures = self.rejected = self.replayed = 0
@@ -952,11 +968,12 @@ class PredictionLog:
 
     def _open(self) -> None:
         "`start`'s work, holding the lock."
-        self._journal = _Journal(self.journal_dir, self.store.url, self.fsync)
+        self._journal = _Journal(self.journal_dir, self.store.url, self.fsync, reserve=self.segment_bytes)
         for seg, batches in self._journal.orphans():
             seg.pending = len(batches)
             self._to_drain.extend(([b], seg, len(b)) for b in batches)
             rows = sum(map(len, batches))
+            self._to_drain_rows += rows
             self._submitted, self.replayed = self._submitted + rows, self.replayed + rows
             log.warning("prediction log: replaying %d prediction(s) journaled by a process that stopped (%s)", rows, seg.path.name)
         for name, loop in (("journal", _journal_loop), ("drain", _drain_loop)):
@@ -979,7 +996,7 @@ class PredictionLog:
             self._admit(n)
             self._to_journal.append((record, batches, n, future))
             self._submitted += n
-            self._cond.notify_all()
+            self._journal_wake.notify()
         return future
 
     def _admit(self, n: int) -> None:
@@ -999,7 +1016,7 @@ class PredictionLog:
     def _awaited(self):
         "Count a caller waiting for the database (called holding the lock), so that the drain writes at once."
         self._waiting += 1
-        self._cond.notify_all()
+        self._drain_wake.notify()
         try: yield
         finally: self._waiting -= 1
 
@@ -1026,7 +1043,7 @@ class PredictionLog:
                     for *_, future in self._to_journal: future.set_exception(e)
                     self._settled, self._to_journal = self._submitted, []
                     log.error("prediction log closed without its journal: %s", e)
-            self._cond.notify_all()
+            for wake in (self._cond, self._journal_wake, self._drain_wake): wake.notify_all()
         deadline = time.monotonic() + timeout
         for t in self._threads: t.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in self._threads):
@@ -1063,7 +1080,7 @@ def _journal_loop(plog: PredictionLog) -> None:
     try:
         while True:
             with plog._cond:
-                plog._cond.wait_for(lambda: plog._to_journal or plog._closed)
+                plog._journal_wake.wait_for(lambda: plog._to_journal or plog._closed)
                 if not plog._to_journal: return
                 group, plog._to_journal = plog._to_journal, []
             seg = plog._journal.current
@@ -1071,17 +1088,18 @@ def _journal_loop(plog: PredictionLog) -> None:
             except OSError as e:
                 _journal_failed(plog, group, e)
                 continue
-            for *_, future in group: future.set_result(None)           # first: the drain, once woken, competes for the GIL
             with plog._cond:
                 seg.pending += len(group)
                 plog._to_drain.extend((batches, seg, n) for _, batches, n, _ in group)
+                plog._to_drain_rows += sum(n for _, _, n, _ in group)
                 plog._journal_error = None
-                plog._cond.notify_all()
+                if not plog._lingering or plog._to_drain_rows >= plog.batch_size: plog._drain_wake.notify()   # a lingering drain wakes by itself
+            for *_, future in group: future.set_result(None)           # last: the thread then waits, and the acknowledged run on
             if seg.size >= plog.segment_bytes: _rotate(plog, seg)
     finally:
         with plog._cond:
             plog._journal_done = True
-            plog._cond.notify_all()
+            plog._drain_wake.notify()
 
 def _journal_failed(plog: PredictionLog, group: list, error: OSError) -> None:
     "The journal could not take `group`: nothing of it was acknowledged; its futures fail with `LogUnavailable`."
@@ -1108,16 +1126,18 @@ def _drain_loop(plog: PredictionLog) -> None:
     "The drain thread: write journaled batches to the database, up to `batch_size` rows a transaction, until closed and drained."
     while True:
         with plog._cond:
-            plog._cond.wait_for(lambda: plog._to_drain or plog._journal_done)
+            plog._drain_wake.wait_for(lambda: plog._to_drain or plog._journal_done)
             if not plog._to_drain: return
             if plog.drain_linger and not plog._closed:       # a few rows now, more in a moment: one transaction for them all
-                plog._cond.wait_for(lambda: plog._waiting or plog._closed or sum(n for *_, n in plog._to_drain) >= plog.batch_size,
-                                    plog.drain_linger)
-            chunk, rows = [plog._to_drain.popleft()], 0
+                plog._lingering = True
+                plog._drain_wake.wait_for(lambda: plog._waiting or plog._closed or plog._to_drain_rows >= plog.batch_size, plog.drain_linger)
+                plog._lingering = False
+            chunk = [plog._to_drain.popleft()]
             rows = chunk[0][2]
             while plog._to_drain and rows + plog._to_drain[0][2] <= plog.batch_size:
                 chunk.append(plog._to_drain.popleft())
                 rows += chunk[-1][2]
+            plog._to_drain_rows -= rows
         if not _drain(plog, [b for batches, _, _ in chunk for b in batches]): return   # close gave up: the rest stays journaled
         _drained(plog, chunk, rows)
 
