@@ -3,17 +3,23 @@
 Not a test: it prints figures and asserts nothing. Run from the project folder, after `make train` (or give a project
 whose registry has a champion with --root):
 
-    .venv/bin/python benchmarks/bench_service.py [--root .] [--calls 2000] [--requests 4000] [--concurrency 16] [--batches 7]
+    .venv/bin/python benchmarks/bench_service.py [--root .] [--seconds 10] [--concurrency 16] [--batches 7]
 
 Both servers are started by `incomeops.harness` (ours as `make api` runs it, mlflow's with `--env-manager local`), one
 worker each, on loopback, and measured one after the other, phase by phase (never both busy at once; the first of each
-phase alternates, so that a change of the machine's load falls on both), by the same client, httpx, from this process,
-on the same machine (the client's cost is in every figure, for both):
+phase alternates, so that a change of the machine's load falls on both), by the same clients, on the same machine (the
+client's cost is in every figure, for both):
 
-- single-record latency: `--calls` sequential POSTs of one person over one keep-alive connection, after a warm-up,
-  cycling through the people of adult.test: p50 (and p90, p99) in ms;
-- single-record throughput: `--requests` POSTs of one person with `--concurrency` in flight: requests per second;
-- batch: 10,000 people in one request, `--batches` times after a warm-up: rows per second at the p50 round trip.
+- single-record latency: wrk (the HTTP benchmarking tool; `apt-get install wrk`), one thread and one keep-alive
+  connection, each request sent when the last is answered, for `--seconds` after a 2 s warm-up, cycling through the
+  people of adult.test: p50 (and p90, p99) in ms, from wrk's own latency histogram;
+- single-record throughput: the same with `--concurrency` connections: requests per second;
+- batch: 10,000 people in one request, `--batches` times after a warm-up, by httpx from this process: rows per second at
+  the p50 round trip (a client's per-request cost is nothing beside a 70 ms request; between batches the script waits
+  for our log to catch up, which wrk cannot).
+
+wrk is written in C: one request costs it a few microseconds, where a Python client such as httpx spends about 0.5 ms
+of the shared 2 cores on each, which would hide most of what separates a 1 ms server from a 6 ms one.
 
 Our API gets a person object (or an array of them) and answers each with a logged prediction (id, label, threshold,
 model name and version); mlflow gets `{"dataframe_split": ...}` (its most compact JSON input) with the 12 model inputs and
@@ -29,11 +35,12 @@ the log takes, after the answer, to write a batch to its database (each timed ba
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +51,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
-import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from incomeops.cleaning import MODEL_INPUTS, build_dataset
@@ -106,38 +112,45 @@ def answered(response: httpx.Response, name: str) -> httpx.Response:
     return response
 
 
-def latencies(t: Target, calls: int, warmup: int = 200) -> np.ndarray:
-    "Milliseconds per one-person request, one at a time over one keep-alive connection, after `warmup` requests."
-    out = np.empty(calls)
-    with httpx.Client(base_url=t.server.url, headers=t.headers, timeout=60) as http:
-        for i in range(warmup): answered(http.post(t.path, content=t.singles[i % len(t.singles)]), t.name)
-        for i in range(calls):
-            start = time.perf_counter()
-            answered(http.post(t.path, content=t.singles[i % len(t.singles)]), t.name)
-            out[i] = time.perf_counter() - start
-    return out * 1000
+# wrk's script: the bodies from a file (one JSON document a line), sent in turn; at the end one line of figures.
+WRK_SCRIPT = """
+local bodies, i, headers = {}, 0, {}
+function init(args)
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+  for k = 3, #args, 2 do headers[args[k]] = args[k + 1] end
+end
+function request()
+  i = i % #bodies + 1
+  return wrk.format("POST", PATH, headers, bodies[i])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("wrk-figures %d %d %d %f %d %d %d\\n", latency:percentile(50), latency:percentile(90),
+           latency:percentile(99), latency.mean, summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
 
 
-async def _throughput(t: Target, total: int, concurrency: int) -> tuple[float, int]:
-    counter, refused = iter(range(total)), 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=t.server.url, headers=t.headers, timeout=60, limits=limits) as http:
-        async def worker():
-            nonlocal refused
-            for i in counter:
-                while (r := await http.post(t.path, content=t.singles[i % len(t.singles)])).status_code == 503:   # busy: wait as asked
-                    refused += 1
-                    await asyncio.sleep(float(r.headers.get("retry-after", "1")))
-                answered(r, t.name)
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return total / (time.perf_counter() - start), refused
+def wrk(t: Target, folder: Path, connections: int, seconds: float) -> dict:
+    """wrk on `t`'s one-person bodies with `connections` keep-alive connections (one thread), each sending its next request
+    when the last is answered: latency percentiles (ms), mean (ms), requests per second, and requests that failed."""
+    bodies, script = folder / f"{abs(hash(t.name))}.jsonl", folder / f"{abs(hash(t.name))}.lua"
+    if not bodies.exists(): bodies.write_bytes(b"\n".join(t.singles) + b"\n")
+    script.write_text(WRK_SCRIPT.replace("PATH", json.dumps(t.path)))
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(script), t.server.url,
+               "--", str(bodies), "", *(x for kv in t.headers.items() for x in kv)]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next((row for row in out.splitlines() if row.startswith("wrk-figures")), None)
+    if line is None: raise RuntimeError(f"wrk printed no figures for {t.name}: {out[-500:]}")
+    p50, p90, p99, mean, requests, duration_us, failed = (float(x) for x in line.split()[1:])
+    return {"p50_ms": p50 / 1000, "p90_ms": p90 / 1000, "p99_ms": p99 / 1000, "mean_ms": mean / 1000,
+            "req_s": requests / (duration_us / 1e6), "failed": int(failed)}
 
 
-def throughput(t: Target, total: int, concurrency: int) -> tuple[float, int]:
-    """One-person requests per second with `concurrency` in flight, each connection sending its next when the last is
-    answered (a 503 is waited out as its Retry-After asks, and counted); the number of 503s."""
-    return uvloop.run(_throughput(t, total, concurrency))
+def warmed_wrk(t: Target, folder: Path, connections: int, seconds: float) -> dict:
+    "`wrk` after a 2 s warm-up of the same kind."
+    wrk(t, folder, connections, 2)
+    return wrk(t, folder, connections, seconds)
 
 
 def metrics(t: Target) -> dict[str, dict]:
@@ -189,16 +202,17 @@ def timed_by_server(t: Target, phase):
 
 
 def single_phase(t: Target, args, ours: bool) -> dict:
-    "Single-record latency (ms); for ours also the mean time the server itself spent."
-    if ours: ms, server_s = timed_by_server(t, lambda: latencies(t, args.calls))
-    else: ms, server_s = latencies(t, args.calls), None
-    return {"p50_ms": np.percentile(ms, 50), "p90_ms": np.percentile(ms, 90), "p99_ms": np.percentile(ms, 99), "mean_ms": float(np.mean(ms)),
-            "single_server_ms": server_s and server_s * 1000}
+    "Single-record latency (ms) with one connection; for ours also the mean time the server itself spent."
+    wrk(t, args.folder, 1, 2)                                            # the warm-up, outside the server's timing
+    if ours: r, server_s = timed_by_server(t, lambda: wrk(t, args.folder, 1, args.seconds))
+    else: r, server_s = wrk(t, args.folder, 1, args.seconds), None
+    return {"p50_ms": r["p50_ms"], "p90_ms": r["p90_ms"], "p99_ms": r["p99_ms"], "mean_ms": r["mean_ms"], "single_failed": r["failed"],
+            "single_requests": r["req_s"] * args.seconds, "single_server_ms": server_s and server_s * 1000}
 
 
 def throughput_phase(t: Target, args, ours: bool) -> dict:
-    rate, refused = throughput(t, args.requests, args.concurrency)
-    return {"req_s": rate, "refused": refused}
+    r = warmed_wrk(t, args.folder, args.concurrency, args.seconds)
+    return {"req_s": r["req_s"], "refused": r["failed"], "c_p50_ms": r["p50_ms"], "c_p99_ms": r["p99_ms"]}
 
 
 def batch_phase(t: Target, args, ours: bool) -> dict:
@@ -267,35 +281,40 @@ def report(ours: dict, theirs: dict, args) -> None:
           "each batch above was sent once the log had caught up)")
     print(f"  request bodies: ours {len(ours['batch_body']) / 2**20:.1f} MiB, mlflow's {len(theirs['batch_body']) / 2**20:.1f} MiB for the same {BATCH_ROWS:,} people")
     for name, r in (("IncomeOps API", ours), ("mlflow models serve", theirs)):
-        if r["refused"]: print(f"  {name}: {r['refused']:,} requests of the throughput run were refused with 503 and sent again after the wait asked")
+        if r["refused"] or r["single_failed"]:
+            print(f"  {name}: {r['single_failed']:,} requests of the latency run and {r['refused']:,} of the throughput run failed (not 2xx, or no answer)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project folder whose registry has a champion")
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--seconds", type=float, default=10, help="length of each wrk run (latency, throughput)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--batches", type=int, default=7)
     args = parser.parse_args()
     settings = Settings(root=args.root)
+    if shutil.which("wrk") is None: sys.exit("bench_service needs wrk, the HTTP benchmarking tool: apt-get install wrk")
     champion = version_by_alias(CHAMPION, settings)
     if champion is None: sys.exit(f"no champion in the registry of {args.root}: run `make train` first")
     print(f"machine: {platform.processor() or platform.machine()}; {os.cpu_count()} cores; load average "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; Python {platform.python_version()}; "
-          + ", ".join(f"{p} {version(p)}" for p in ("fastapi", "uvicorn", "httpx", "mlflow", "onnxruntime", "lightgbm")))
+          + ", ".join(f"{p} {version(p)}" for p in ("fastapi", "uvicorn", "httpx", "mlflow", "onnxruntime", "lightgbm"))
+          + f"; {subprocess.run(['wrk', '--version'], capture_output=True, text=True).stdout.split(' [')[0]}")
     print(f"model: {settings.model_name} version {champion.version} ({champion.tags.get('family')}), served by both; "
           "client and servers share the machine")
     bodies = people(settings)
     with tempfile.TemporaryDirectory() as d:
         ours, theirs = targets(settings, Path(d), bodies)
+        args.folder = Path(d)
         with ours.server, theirs.server:                 # both up, one busy at a time (the other idles)
             gap = np.max(np.abs(probabilities(ours, bodies[:200], True) - probabilities(theirs, bodies[:200], False)))
             print(f"sanity: max |IncomeOps - mlflow| over 200 people = {gap:.1e}")
             results = measure(ours, theirs, args)
-    report({**results[ours.name], "batch_body": ours.batch}, {**results[theirs.name], "batch_body": theirs.batch}, args)
-    print(f"(single: {args.calls:,} sequential calls; throughput: {args.requests:,} requests at concurrency {args.concurrency}; "
-          f"batch: {BATCH_ROWS:,} people per request, p50 of {args.batches})")
+    ours_r, theirs_r = {**results[ours.name], "batch_body": ours.batch}, {**results[theirs.name], "batch_body": theirs.batch}
+    report(ours_r, theirs_r, args)
+    print(f"(single: wrk, one connection, {args.seconds:g} s, {ours_r['single_requests']:,.0f} and {theirs_r['single_requests']:,.0f} requests; "
+          f"throughput: wrk, {args.concurrency} connections, {args.seconds:g} s (p50 / p99 there: ours {ours_r['c_p50_ms']:.1f} / {ours_r['c_p99_ms']:.1f} ms, "
+          f"mlflow's {theirs_r['c_p50_ms']:.1f} / {theirs_r['c_p99_ms']:.1f} ms); batch: {BATCH_ROWS:,} people per request, httpx, p50 of {args.batches})")
 
 
 if __name__ == "__main__":
