@@ -7,8 +7,10 @@ test depends on another. (tests/test_api.py and tests/test_hostile.py run the sa
 """
 from __future__ import annotations
 
+import gc
 import json
 import re
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime
@@ -282,6 +284,23 @@ def test_reload_serves_the_registry_s_newest_champion_and_says_whether_it_change
     answer = service.http.post("/predict", json=P).json()
     assert (answer["model_version"], answer["threshold"]) == ("8", 0.6)
     assert "incomeops_model_version 8.0" in service.http.get("/metrics").text
+
+
+class Cycle:
+    "An object in a reference cycle: only the cyclic collector frees it."
+    def __init__(self): self.me = self
+
+
+def test_a_reload_that_changes_the_model_collects_the_old_heap_then_freezes_the_new_one(serve, tiny):
+    service = serve()
+    left_by_the_old_model = Cycle()
+    gone = weakref.ref(left_by_the_old_model)
+    gc.freeze()                                   # as the previous reload left it: the old model's objects frozen
+    del left_by_the_old_model
+    service.parts.models.champions.append(served_model(tiny.pipeline, "9"))
+    assert service.http.post("/model/reload", headers=ADMIN).json()["changed"] is True
+    assert gone() is None                         # unfrozen and collected, not kept forever in the permanent generation
+    assert gc.get_freeze_count() > 0              # and what serves now is frozen: full collections skip it
 
 
 def test_reload_with_an_empty_registry_is_503_and_keeps_nothing_half_done(serve):

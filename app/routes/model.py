@@ -6,7 +6,7 @@ import asyncio
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import Response
 
-from app.deps import MetricsDep, ModelsDep, ServedDep, admin_key, client_key
+from app.deps import ServedDep, ServicesDep, admin_key, client_key
 from app.errors import ADMIN_KEY, CLIENT_KEY, INVALID, NOT_FOUND, UNAVAILABLE
 from app.schemas import ModelCard, ModelDescription, ReloadAnswer
 
@@ -36,7 +36,6 @@ async def model_plot(served: ServedDep, name: str) -> Response:
 
 @router.post("/model/reload", tags=["admin"], summary="Serve the registry's current champion (no restart)",
              dependencies=[Depends(admin_key)], responses=ADMIN_KEY)
-async def reload(models: ModelsDep, metrics: MetricsDep) -> ReloadAnswer:
-    changed = await asyncio.to_thread(models.reload)          # the registry failing is an IncomeOpsError: a 503
-    metrics.serving(models.current)
-    return ReloadAnswer(changed=changed, model_version=models.current.version)
+async def reload(services: ServicesDep) -> ReloadAnswer:
+    changed = await asyncio.to_thread(services.serve_champion)     # the registry failing is an IncomeOpsError: a 503
+    return ReloadAnswer(changed=changed, model_version=services.models.current.version)
