@@ -10,9 +10,10 @@ UV := .tools/bin/uv
 VENV := .venv
 BIN := $(VENV)/bin
 
-# Where the data comes from: UCI by default; a local folder with the original files if DATA_MIRROR is set.
-# The team's machines and CI keep a mirror at ../shared/data/adult: use it when it is there.
-DATA_MIRROR ?= $(wildcard ../shared/data/adult)
+# Where the data comes from (the order is in nbs/01_data.ipynb): the folder INCOMEOPS_DATA_MIRROR (or DATA_MIRROR)
+# names, else the URL INCOMEOPS_DATA_URL names, else UCI. A setting always wins over a found folder: only when neither
+# is set does make use the team's mirror ../shared/data/adult, if it is there (the library never looks for it).
+DATA_MIRROR ?= $(or $(INCOMEOPS_DATA_MIRROR),$(if $(INCOMEOPS_DATA_URL),,$(wildcard ../shared/data/adult)))
 ifneq ($(strip $(DATA_MIRROR)),)
 export INCOMEOPS_DATA_MIRROR := $(abspath $(DATA_MIRROR))
 endif

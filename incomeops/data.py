@@ -27,8 +27,9 @@ from .config import IncomeOpsError, Settings, get_settings
 
 # %% auto #0
 __all__ = ['log', 'SOURCE_FILES', 'RAW_COLUMNS', 'NUMERIC_COLUMNS', 'CATEGORIES', 'LABELS', 'SourceFile', 'DataSourceError',
-           'ChecksumError', 'DataFormatError', 'file_digests', 'verify_file', 'install_verified', 'copy_from_mirror',
-           'download', 'extract_from_archive', 'fetch_from_url', 'acquire', 'read_adult', 'parse_names']
+           'DownloadError', 'ChecksumError', 'DataFormatError', 'file_digests', 'verify_file', 'install_verified',
+           'copy_from_mirror', 'download', 'extract_from_archive', 'fetch_from_url', 'acquire', 'read_adult',
+           'parse_names']
 
 # %% ../nbs/01_data.ipynb #01804101
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ SOURCE_FILES = {f.name: f for f in [
 # %% ../nbs/01_data.ipynb #5f08f79e
 class DataSourceError(IncomeOpsError):
     "A data file could not be obtained: missing from the mirror, source unreachable, broken archive."
+
+class DownloadError(DataSourceError):
+    "A URL could not be fetched: unreachable host, HTTP error, timeout, connection cut short."
 
 class ChecksumError(DataSourceError):
     "A data file's bytes differ from the published ones (wrong file, corrupted or truncated)."
@@ -107,7 +111,7 @@ def copy_from_mirror(spec: SourceFile, mirror: Path, dest: Path) -> dict:
 
 # %% ../nbs/01_data.ipynb #8e6047f0
 def download(url: str, dest: Path, timeout: float) -> None:
-    "Stream `url` to the file `dest`, with a progress bar; network failures raise `DataSourceError`."
+    "Stream `url` to the file `dest`, with a progress bar; network failures raise `DownloadError`."
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
@@ -115,12 +119,12 @@ def download(url: str, dest: Path, timeout: float) -> None:
                 while block := resp.read(1 << 16):
                     out.write(block); bar.update(len(block))
             if total is not None and out.tell() != total:
-                raise DataSourceError(f"could not download {url}: the connection closed after {out.tell():,} of {total:,} bytes")
+                raise DownloadError(f"could not download {url}: the connection closed after {out.tell():,} of {total:,} bytes")
     except urllib.error.HTTPError as e:
-        raise DataSourceError(f"could not download {url}: HTTP {e.code} {e.reason}") from e
+        raise DownloadError(f"could not download {url}: HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
-        raise DataSourceError(f"could not download {url}: {reason}") from e
+        raise DownloadError(f"could not download {url}: {reason}") from e
 
 # %% ../nbs/01_data.ipynb #d99b48f4
 def extract_from_archive(archive: Path, specs: Iterable[SourceFile], dest_dir: Path, label: str | None = None) -> dict[str, dict]:
@@ -169,16 +173,21 @@ def _cached_ok(path: Path, spec: SourceFile) -> bool:
         return False
 
 def acquire(settings: Settings | None = None, names: Iterable[str] = tuple(SOURCE_FILES)) -> dict[str, Path]:
-    "Verified local paths of the Adult files `names`, fetched from the mirror or UCI if not cached."
+    "Verified local paths of the Adult files `names`: cached, else from `data_mirror` if set, else from `data_url`."
     s = settings or get_settings()
     specs = [SOURCE_FILES[n] for n in names]
     missing = [sp for sp in specs if not _cached_ok(s.raw_dir / sp.name, sp)]
-    if missing:
-        source = s.data_mirror or s.data_url
-        log.info("fetching %s from %s", ", ".join(sp.name for sp in missing), source)
-        if s.data_mirror is not None:
-            for sp in missing: copy_from_mirror(sp, s.data_mirror, s.raw_dir / sp.name)
-        else: fetch_from_url(s.data_url, missing, s.raw_dir, s.download_timeout)
+    if not missing: return {sp.name: s.raw_dir / sp.name for sp in specs}
+    wanted = ", ".join(sp.name for sp in missing)
+    if s.data_mirror is not None:
+        log.info("copying %s from the data mirror %s", wanted, s.data_mirror)
+        for sp in missing: copy_from_mirror(sp, s.data_mirror, s.raw_dir / sp.name)
+    else:
+        log.info("downloading %s from %s", wanted, s.data_url)
+        try: fetch_from_url(s.data_url, missing, s.raw_dir, s.download_timeout)
+        except DownloadError as e:
+            raise DownloadError(f"{e} (without access to it, set INCOMEOPS_DATA_MIRROR to a folder holding "
+                                f"{', '.join(SOURCE_FILES)}, or INCOMEOPS_DATA_URL to a copy you can reach)") from e
     return {sp.name: s.raw_dir / sp.name for sp in specs}
 
 # %% ../nbs/01_data.ipynb #d1af73b9

@@ -1,4 +1,4 @@
-"""Acquisition over real HTTP: the route a user with internet takes, and every way it can fail.
+"""Acquisition over real HTTP: the route a user with internet takes, the order of the sources, and every way it can fail.
 
 Each failure must name the file and the cause, and leave the raw cache without partial files and with
 any previously verified file intact.
@@ -10,7 +10,8 @@ import threading
 import pytest
 
 from conftest import DATA_FILES, cache_listing, free_port, make_zip, settings_for
-from incomeops.data import SOURCE_FILES, ChecksumError, DataSourceError, acquire, file_digests
+from incomeops.config import Settings
+from incomeops.data import SOURCE_FILES, ChecksumError, DataSourceError, DownloadError, acquire, file_digests
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,55 @@ def test_downloads_individual_files_from_a_folder_url(http_root, project, origin
     s = settings_for(project, data_url=f"{url}/")
     acquire(s)
     assert cache_listing(s) == sorted(DATA_FILES)
+
+
+def test_the_environment_alone_chooses_the_download(http_root, project, original, monkeypatch):
+    www, url = http_root
+    for name, content in original.items(): (www / name).write_bytes(content)
+    monkeypatch.delenv("INCOMEOPS_DATA_MIRROR", raising=False)
+    monkeypatch.setenv("INCOMEOPS_DATA_URL", f"{url}/")
+    monkeypatch.setenv("INCOMEOPS_ROOT", str(project))
+    s = Settings()
+    assert s.data_mirror is None
+    acquire(s)
+    assert cache_listing(s) == sorted(DATA_FILES)
+
+
+def test_a_mirror_set_wins_and_the_url_is_never_contacted(project, mirror):
+    s = settings_for(project, data_mirror=mirror, data_url=f"http://127.0.0.1:{free_port()}/adult.zip")
+    acquire(s)
+    assert cache_listing(s) == sorted(DATA_FILES)
+
+
+def test_a_mirror_missing_a_file_is_refused_rather_than_downloaded(http_root, project, original, tmp_path):
+    www, url = http_root
+    for name, content in original.items(): (www / name).write_bytes(content)
+    partial_mirror = tmp_path / "mirror"
+    partial_mirror.mkdir()
+    (partial_mirror / "adult.data").write_bytes(original["adult.data"])
+    s = settings_for(project, data_mirror=partial_mirror, data_url=f"{url}/")
+    with pytest.raises(DataSourceError, match="adult.test is missing from the data mirror"):
+        acquire(s)
+    assert cache_listing(s) == ["adult.data"]
+
+
+def test_wrong_bytes_from_a_folder_url_are_refused_and_nothing_partial_is_cached(http_root, project, original):
+    www, url = http_root
+    for name, content in original.items(): (www / name).write_bytes(content)
+    (www / "adult.test").write_bytes(original["adult.test"].replace(b"Private", b"private", 1))
+    s = settings_for(project, data_url=f"{url}/")
+    with pytest.raises(ChecksumError, match="adult.test has the wrong checksum"):
+        acquire(s, ["adult.test"])
+    assert cache_listing(s) == []
+
+
+def test_a_file_missing_from_a_folder_url_names_it_and_keeps_the_others(http_root, project, original):
+    www, url = http_root
+    for name in ("adult.data", "adult.test"): (www / name).write_bytes(original[name])
+    s = settings_for(project, data_url=f"{url}/")
+    with pytest.raises(DownloadError, match=rf"could not download {url}/adult.names: HTTP 404"):
+        acquire(s)
+    assert cache_listing(s) == ["adult.data", "adult.test"]
 
 
 def test_second_run_reuses_the_cache_without_contacting_the_source(http_root, project, original):
@@ -108,8 +158,9 @@ def test_http_errors_name_the_url_and_status(http_root, project):
 def test_an_unreachable_source_names_the_url_and_the_cause(project):
     url = f"http://127.0.0.1:{free_port()}/adult.zip"
     s = settings_for(project, data_url=url)
-    with pytest.raises(DataSourceError, match=rf"could not download {url}: .*[Cc]onnection refused"):
+    with pytest.raises(DownloadError, match=rf"could not download {url}: .*[Cc]onnection refused") as e:
         acquire(s)
+    assert "set INCOMEOPS_DATA_MIRROR to a folder holding adult.data, adult.test, adult.names" in str(e.value)
     assert cache_listing(s) == []
 
 
