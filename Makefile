@@ -25,7 +25,7 @@ export DO_NOT_TRACK := 1
 
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help all install lab data profile train train-smoke serve api ui test check-sync lint nbtest pytest export readme docs detection clean
+.PHONY: help all install lab data profile train train-smoke serve api ui test system-deps check-sync lint nbtest pytest export readme docs detection clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ ui: install  ## only the Streamlit form, talking to the API at http://HOST:PORT
 	$(UI)
 
 test: install check-sync lint nbtest pytest  ## everything CI runs
+
+system-deps:  ## Chromium, PostgreSQL and Redis for the browser, PostgreSQL and Celery tests (Debian/Ubuntu; root or sudo)
+	bash scripts/system_deps.sh
 
 check-sync: install  ## notebooks, library and README agree (nbdev-export/nbdev-clean change nothing)
 	@bash scripts/check_sync.sh

@@ -5,8 +5,10 @@
 #   (tests/test_postgres.py): the service database and an MLflow backend store, as the compose stack uses them;
 # - Debian's Redis, the broker of the Celery tests (tests/test_queue.py): they start their own redis-server processes
 #   on free loopback ports (one test stops and restarts it), so no system-wide server is left running for them.
-# Used by .ci/run, which then sets INCOMEOPS_TEST_POSTGRES_URL and INCOMEOPS_TEST_MLFLOW_POSTGRES_URL.
+# Run by `make system-deps` (and so by .ci/run). Without it, `make test` skips those tests and says so at its end.
+# The tests find the databases below by themselves (tests/conftest.py); it prints the variables that point them elsewhere.
 set -euo pipefail
+PG_USER=incomeops PG_PASSWORD=incomeops-test SERVICE_DB=incomeops_test MLFLOW_DB=incomeops_mlflow_test
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 packages=()
 command -v chromium >/dev/null || packages+=(chromium)
@@ -26,10 +28,18 @@ $SUDO pg_ctlcluster "$pg_version" "$pg_cluster" start 2>/dev/null || true
 for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 pg_isready -h 127.0.0.1 -p 5432
 psql_as_postgres() { $SUDO su postgres -c "psql -v ON_ERROR_STOP=1 -qtAc \"$1\""; }
-[ "$(psql_as_postgres "SELECT 1 FROM pg_roles WHERE rolname = 'incomeops'")" = 1 ] || psql_as_postgres "CREATE USER incomeops"
-psql_as_postgres "ALTER USER incomeops WITH PASSWORD 'incomeops-test'"
-for db in incomeops_test incomeops_mlflow_test; do
+[ "$(psql_as_postgres "SELECT 1 FROM pg_roles WHERE rolname = '$PG_USER'")" = 1 ] || psql_as_postgres "CREATE USER $PG_USER"
+psql_as_postgres "ALTER USER $PG_USER WITH PASSWORD '$PG_PASSWORD'"
+for db in "$SERVICE_DB" "$MLFLOW_DB"; do
     [ "$(psql_as_postgres "SELECT 1 FROM pg_database WHERE datname = '$db'")" = 1 ] ||
-        psql_as_postgres "CREATE DATABASE $db OWNER incomeops"
+        psql_as_postgres "CREATE DATABASE $db OWNER $PG_USER"
 done
 echo "PostgreSQL $pg_version ready on 127.0.0.1:5432"
+base="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:5432"
+cat <<EOF
+
+The browser, PostgreSQL and Celery/Redis tests can run now: \`make test\` (or .venv/bin/pytest) finds these
+databases by itself. The PostgreSQL tests read these variables (set, they win; set to nothing, the tests are skipped):
+  export INCOMEOPS_TEST_POSTGRES_URL=$base/$SERVICE_DB
+  export INCOMEOPS_TEST_MLFLOW_POSTGRES_URL=$base/$MLFLOW_DB
+EOF

@@ -1,4 +1,5 @@
-"""Shared fixtures: the data mirror, throwaway project folders and a real HTTP server on loopback."""
+"""Shared fixtures (the data mirror, throwaway project folders, a real HTTP server on loopback), the local test PostgreSQL,
+and a closing word on the tests skipped for a missing system component."""
 import http.server
 import os
 import threading
@@ -13,6 +14,60 @@ from incomeops.harness import free_port  # noqa: F401  (the tests take it from h
 
 REPO = find_project_root(Path(__file__).parent)
 DATA_FILES = ("adult.data", "adult.test", "adult.names")
+pytest_plugins = ["pytester"]
+
+# The databases `make system-deps` (scripts/system_deps.sh) creates; the PostgreSQL tests use them when the variables are
+# not set and the server answers. A variable set, even to nothing, wins: `INCOMEOPS_TEST_POSTGRES_URL= pytest` skips them.
+LOCAL_TEST_POSTGRES = {
+    "INCOMEOPS_TEST_POSTGRES_URL": "postgresql://incomeops:incomeops-test@127.0.0.1:5432/incomeops_test",
+    "INCOMEOPS_TEST_MLFLOW_POSTGRES_URL": "postgresql://incomeops:incomeops-test@127.0.0.1:5432/incomeops_mlflow_test"}
+INSTALLS_THEM = "make system-deps"
+# Tests skipped because a program or server is missing, told apart by what their skip reason names: (group, words).
+SYSTEM_GROUPS = (("browser tests (Chromium)", ("chromium",)),
+                 ("PostgreSQL tests", ("postgres",)),
+                 ("Celery/Redis tests (redis-server)", ("redis",)))
+
+
+def database_answers(url: str) -> bool:
+    "Whether the PostgreSQL database at `url` accepts a connection within two seconds."
+    import psycopg
+    try:
+        with psycopg.connect(url, connect_timeout=2): return True
+    except psycopg.Error: return False
+
+
+def pytest_configure(config):
+    "Point the PostgreSQL tests at the local test databases when their variables are not set and the server answers."
+    for name, url in LOCAL_TEST_POSTGRES.items():
+        if name not in os.environ and database_answers(url): os.environ[name] = url
+
+
+def skip_reason(report) -> str:
+    "The reason a skipped test (or module) gave."
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+
+
+def skipped_for_missing_components(reports) -> dict[str, int]:
+    "How many skipped tests each group of SYSTEM_GROUPS has, from the skip reasons; other skips are not counted."
+    counts: dict[str, int] = {}
+    for report in reports:
+        reason = skip_reason(report).lower()
+        group = next((g for g, words in SYSTEM_GROUPS if any(w in reason for w in words)), None)
+        if group: counts[group] = counts.get(group, 0) + 1
+    return counts
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, config):
+    "After pytest's own summary, just above its closing line: the groups skipped for a missing component and what installs it."
+    result = yield
+    counts = skipped_for_missing_components(terminalreporter.stats.get("skipped", []))
+    if counts and not config.getoption("no_summary"):
+        terminalreporter.section("skipped: system components missing", sep="-", yellow=True)
+        for group, n in counts.items(): terminalreporter.line(f"{group}: {n} skipped")
+        terminalreporter.line(f"`{INSTALLS_THEM}` installs and starts Chromium, PostgreSQL and Redis (Debian/Ubuntu, as root or "
+                              "with sudo); the next `make test` runs these tests too.")
+    return result
 
 
 @pytest.fixture(scope="session")

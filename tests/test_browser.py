@@ -15,7 +15,7 @@ from scripts.ui_tour import chromium_path, launch, tour
 CHROMIUM = chromium_path()
 SHOTS = Path(os.environ.get("INCOMEOPS_SCREENSHOTS", REPO / "reports" / "screenshots"))
 pytestmark = [pytest.mark.timeout(600),
-              pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed (.ci/run installs it)")]
+              pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="Debian's chromium is not installed (`make system-deps` installs it)")]
 
 
 @pytest.fixture(scope="module")

@@ -281,7 +281,7 @@ def served_site(site):
 def browser():
     if chromium_path() is None:
         if os.environ.get("CI"): pytest.fail("CI must install Debian's chromium")
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+        pytest.skip("Debian's chromium is not installed (`make system-deps` installs it)")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         b = launch(p)

@@ -40,7 +40,7 @@ def postgres():
     if not PostgresCluster.available() and os.geteuid() == 0 and shutil.which("apt-get"):
         subprocess.run(["bash", "scripts/system_deps.sh"], cwd=REPO, capture_output=True, timeout=900)
     if not PostgresCluster.available():
-        pytest.skip("PostgreSQL 15 binaries are not in /usr/lib/postgresql/15/bin and scripts/system_deps.sh could not install them")
+        pytest.skip("PostgreSQL 15 binaries are not in /usr/lib/postgresql/15/bin and scripts/system_deps.sh could not install them (run `make system-deps` as root or with sudo)")
     cluster = PostgresCluster().init()
     yield cluster
     cluster.destroy()

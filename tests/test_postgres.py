@@ -1,8 +1,9 @@
 """The code path of the compose stack, on a real PostgreSQL server: the service database (prediction log, feedback,
 jobs) and an MLflow backend store, through the same code as the SQLite defaults.
 
-`.ci/run` starts PostgreSQL (scripts/system_deps.sh) and sets the two URLs below; elsewhere these tests are skipped
-unless the URLs are set.
+The two URLs below come from the environment (`.ci/run` and the CI workflow set them); when they are not set, tests/conftest.py
+uses the local test databases that `make system-deps` (scripts/system_deps.sh) creates, if the server answers. Without
+either, these tests are skipped.
 """
 import os
 import threading
@@ -23,7 +24,7 @@ SERVICE_URL = os.environ.get("INCOMEOPS_TEST_POSTGRES_URL")
 MLFLOW_URL = os.environ.get("INCOMEOPS_TEST_MLFLOW_POSTGRES_URL")
 pytestmark = [pytest.mark.timeout(600),
               pytest.mark.skipif(not (SERVICE_URL and MLFLOW_URL) and not os.environ.get("CI"),
-                                 reason="no PostgreSQL: set INCOMEOPS_TEST_POSTGRES_URL and INCOMEOPS_TEST_MLFLOW_POSTGRES_URL")]
+                                 reason="no PostgreSQL: `make system-deps` sets up a local one, or set INCOMEOPS_TEST_POSTGRES_URL and INCOMEOPS_TEST_MLFLOW_POSTGRES_URL")]
 
 
 def fresh_schema(url: str) -> None:

@@ -8,7 +8,7 @@ new version within `model_poll_seconds` (plus the load); cancelling kills the no
 mid-training has its job failed within the lease, its notebook gone, the champion unchanged, and the next job runs (one
 stopped with SIGTERM records it as interrupted); with Redis down, job requests answer 503 while predictions go on; beat
 runs the scheduled check once per interval, and the replicas none; on PostgreSQL too, one of two simultaneous claims
-wins. Skipped only when redis-server is not installed (`scripts/system_deps.sh` installs it for CI).
+wins. Skipped only when redis-server is not installed (`make system-deps` installs it).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from incomeops.schema import EXAMPLE_PERSON
 
 pytestmark = [pytest.mark.timeout(600),
               pytest.mark.skipif(shutil.which("redis-server") is None,
-                                 reason="redis-server is not installed: `apt-get install redis-server` (scripts/system_deps.sh does it for CI)")]
+                                 reason="redis-server is not installed (`make system-deps` installs it)")]
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
 LEASE_SECONDS = 5             # short, so that a killed worker's job is failed quickly
@@ -382,7 +382,7 @@ def claim_at_once(store, kinds: tuple[str, str]) -> list:
     return answers
 
 
-@pytest.mark.skipif(not os.environ.get("INCOMEOPS_TEST_POSTGRES_URL"), reason="INCOMEOPS_TEST_POSTGRES_URL is not set (.ci/run sets it)")
+@pytest.mark.skipif(not os.environ.get("INCOMEOPS_TEST_POSTGRES_URL"), reason="no PostgreSQL: INCOMEOPS_TEST_POSTGRES_URL is not set and no local test database answers (`make system-deps` sets one up)")
 def test_on_postgresql_too_one_of_two_simultaneous_claims_wins():
     "The unique partial index behind one job per kind, on PostgreSQL: in a schema of its own, dropped at the end."
     import sqlalchemy as sa
