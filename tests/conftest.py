@@ -72,11 +72,17 @@ def pytest_terminal_summary(terminalreporter, config):
 
 @pytest.fixture(scope="session")
 def mirror() -> Path:
-    "The folder with the original UCI files (INCOMEOPS_DATA_MIRROR, else ../shared/data/adult)."
-    folder = Path(os.environ.get("INCOMEOPS_DATA_MIRROR") or REPO.parent / "shared" / "data" / "adult")
-    if not all((folder / n).is_file() for n in DATA_FILES):
-        pytest.fail(f"the data mirror {folder} is missing; set INCOMEOPS_DATA_MIRROR to a folder with {DATA_FILES}")
-    return folder
+    """A folder with the original UCI files for the tests' throwaway projects: INCOMEOPS_DATA_MIRROR if set, else the
+    project's own verified copies, fetched first by the library from wherever the settings say (`01_data`'s order)."""
+    if os.environ.get("INCOMEOPS_DATA_MIRROR"):
+        folder = Path(os.environ["INCOMEOPS_DATA_MIRROR"])
+        if not all((folder / n).is_file() for n in DATA_FILES):
+            pytest.fail(f"the data mirror {folder} (INCOMEOPS_DATA_MIRROR) lacks some of {DATA_FILES}")
+        return folder
+    from incomeops.data import DataSourceError, acquire
+    try: files = acquire(Settings(root=REPO), DATA_FILES)
+    except DataSourceError as e: pytest.fail(f"the tests need the Adult files and could not get them: {e}")
+    return files[DATA_FILES[0]].parent
 
 
 @pytest.fixture
