@@ -90,7 +90,7 @@ def show_history(summary: dict) -> None:
     history = history[history["feature"].isin(shown)].assign(input=lambda h: [marked(f, important) for f in h["feature"]],
                                                              fired=lambda h: h["rules"].map(", ".join))
     lines = alt.Chart(history).mark_line(point=True).encode(
-        x=alt.X("checked_at:T", title=None), y=alt.Y("psi:Q", title="PSI", scale=alt.Scale(type="symlog", constant=0.1)),
+        x=alt.X("checked_at:T", title=None, axis=alt.Axis(format="%b %d %H:%M:%S", labelAngle=0, tickCount=6)),   # no fractions of a second y=alt.Y("psi:Q", title="PSI", scale=alt.Scale(type="symlog", constant=0.1)),
         color=alt.Color("input:N", title="input"), tooltip=["feature", "checked_at", "psi", "drifted", "fired"])
     st.altair_chart(lines + alt.Chart(pd.DataFrame({"y": [0.2]})).mark_rule(color="red", strokeDash=[4, 4]).encode(y="y:Q"), width="stretch")
     checks = pd.DataFrame(summary.get("checks", []))
