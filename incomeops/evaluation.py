@@ -185,7 +185,7 @@ def plot_importances(importances: pd.DataFrame) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(5, 0.28 * len(imp) + 1.2))
     ax.barh(imp["feature"], imp["importance_mean"], xerr=imp["importance_std"], color="C0", alpha=0.8)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set(xlabel="drop in ROC AUC when shuffled", title="Permutation importance (test)")
+    ax.set(xlabel="drop in ROC AUC when shuffled", title="Permutation importance (held-out training rows)")
     fig.tight_layout()
     return fig
 
@@ -276,7 +276,7 @@ def _table(rows) -> pd.DataFrame:
 
 # %% ../nbs/06_evaluation.ipynb #798b18b3
 def model_card(info: dict) -> str:
-    "A Markdown model card from `info` (model_name, model_version, run_id, family, params, threshold, dataset_version, data_manifest, metrics, cv, leaderboard, slices, git_commit, trained_at, plots)."
+    "A Markdown model card from `info` (model_name, model_version, run_id, family, params, threshold, dataset_version, data_manifest, metrics, evidence, cv, leaderboard, slices, git_commit, trained_at, plots)."
     metrics, cv, threshold = info.get("metrics") or {}, info.get("cv") or {}, info.get("threshold")
     version = info.get("model_version")
     title = f"# Model card: {info.get('model_name', 'incomeops')}" + (f" version {version}" if version is not None else " (not registered)")
@@ -298,18 +298,22 @@ def model_card(info: dict) -> str:
              "the 1994 US census respondents it was trained on.", ""]
     lines += _training_data_section(info)
     rows = (info.get("data_manifest") or {}).get("rows", {})
+    held_out = "the frozen gate half of the test file `adult.test`" if info.get("evidence") == "holdout" else "the test file `adult.test`"
     lines += ["## Evaluation data", "",
-              f"The separate test file `adult.test` ({_count(metrics.get('n', rows.get('test')))} rows, all kept), held out: "
-              "no choice (model family, hyperparameters, threshold) was made on it. It was scored once, after training.", ""]
+              f"Held out: {held_out}, {_count(metrics.get('n', rows.get('test')))} rows. No choice of model family, hyperparameters "
+              "or threshold was made on them. They take one decision: the promotion gate compares each new model with the champion "
+              "on them. Each such decision on the same rows makes the figures of the model that passed it a little optimistic; "
+              "the live metrics of monitoring, on people no decision was made on, are the fresh check.", ""]
     metric_rows = [{"metric": METRIC_NAMES.get(k, k), "value": v} for k, v in metrics.items() if k != "threshold"]
     if cv: metric_rows.append({"metric": "Cross-validated ROC AUC (training file)",
                                "value": f"{cv.get('cv_auc', float('nan')):.4f} ± {cv.get('cv_auc_std', float('nan')):.4f}"})
-    lines += ["## Metrics", "", "On the test file, at the decision threshold:", "",
+    lines += ["## Metrics", "", "On the held-out rows, at the decision threshold:", "",
               _md_table(pd.DataFrame(metric_rows, columns=["metric", "value"])), ""]
     lines += ["## Decision threshold", "",
               (f"The threshold {threshold:.4f} " if threshold is not None else "The threshold ") +
-              "maximises accuracy, the project's target metric, on the out-of-fold predictions of cross-validation on the "
-              "training file. The test file played no part in choosing it.", ""]
+              "maximises accuracy, the project's target for the yes/no answer (models are ranked by ROC AUC, which needs no "
+              "threshold), on the out-of-fold predictions of cross-validation on the training file. "
+              "The held-out rows played no part in choosing it.", ""]
     if info.get("leaderboard") is not None and len(board := _table(info["leaderboard"])):
         if "cv_auc" in board: board = board.sort_values("cv_auc", ascending=False)
         lines += ["## Leaderboard", "", "Candidate model families, by cross-validated ROC AUC on the training file:", "",
@@ -317,7 +321,7 @@ def model_card(info: dict) -> str:
     if info.get("slices") is not None:
         slices = info["slices"]
         lines += ["## Slice metrics", "",
-                  "Test metrics by group; the gaps are the group's value minus the overall value (negative: worse). "
+                  "Held-out metrics by group; the gaps are the group's value minus the overall value (negative: worse). "
                   "AUC is not reported for groups too small or with one class only. Accuracy gaps partly reflect "
                   "base rates (a group with few positives is easier to be accurate on); compare true positive rates.", "",
                   _md_table(slices, digits=3), "", "Largest gaps:", "", *_slice_callouts(slices), ""]
