@@ -117,7 +117,7 @@ WRK_SCRIPT = """
 local bodies, i, headers = {}, 0, {}
 function init(args)
   for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-  for k = 3, #args, 2 do headers[args[k]] = args[k + 1] end
+  for k = 2, #args, 2 do headers[args[k]] = args[k + 1] end
 end
 function request()
   i = i % #bodies + 1
@@ -134,11 +134,12 @@ end
 def wrk(t: Target, folder: Path, connections: int, seconds: float) -> dict:
     """wrk on `t`'s one-person bodies with `connections` keep-alive connections (one thread), each sending its next request
     when the last is answered: latency percentiles (ms), mean (ms), requests per second, and requests that failed."""
-    bodies, script = folder / f"{abs(hash(t.name))}.jsonl", folder / f"{abs(hash(t.name))}.lua"
+    name = t.path.strip("/")                                           # predict, invocations: one pair of files per server
+    bodies, script = folder / f"{name}.jsonl", folder / f"{name}.lua"
     if not bodies.exists(): bodies.write_bytes(b"\n".join(t.singles) + b"\n")
     script.write_text(WRK_SCRIPT.replace("PATH", json.dumps(t.path)))
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(script), t.server.url,
-               "--", str(bodies), "", *(x for kv in t.headers.items() for x in kv)]
+               "--", str(bodies), *(x for kv in t.headers.items() for x in kv)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next((row for row in out.splitlines() if row.startswith("wrk-figures")), None)
     if line is None: raise RuntimeError(f"wrk printed no figures for {t.name}: {out[-500:]}")

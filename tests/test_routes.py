@@ -296,11 +296,13 @@ def test_a_reload_that_changes_the_model_collects_the_old_heap_then_freezes_the_
     left_by_the_old_model = Cycle()
     gone = weakref.ref(left_by_the_old_model)
     gc.freeze()                                   # as the previous reload left it: the old model's objects frozen
-    del left_by_the_old_model
-    service.parts.models.champions.append(served_model(tiny.pipeline, "9"))
-    assert service.http.post("/model/reload", headers=ADMIN).json()["changed"] is True
-    assert gone() is None                         # unfrozen and collected, not kept forever in the permanent generation
-    assert gc.get_freeze_count() > 0              # and what serves now is frozen: full collections skip it
+    try:
+        del left_by_the_old_model
+        service.parts.models.champions.append(served_model(tiny.pipeline, "9"))
+        assert service.http.post("/model/reload", headers=ADMIN).json()["changed"] is True
+        assert gone() is None                     # unfrozen and collected, not kept forever in the permanent generation
+        assert gc.get_freeze_count() > 0          # and what serves now is frozen: full collections skip it
+    finally: gc.unfreeze()                        # the test process's own heap goes back to the collector
 
 
 def test_reload_with_an_empty_registry_is_503_and_keeps_nothing_half_done(serve):
